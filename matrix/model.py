@@ -1,0 +1,180 @@
+"""The data that flows through the pipeline: plan -> run -> collect -> classify -> report.
+
+Everything here is a frozen dataclass with no I/O, so every stage can be tested alone
+and a value can be handed between threads without copying or locking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+
+class Verdict(StrEnum):
+    """What a cell did. The rules that pick one live in `matrix.classify`."""
+
+    SUCCESS = "success"
+    SLOWDOWN = "slowdown"
+    HANG = "hang"
+    ERROR = "error"
+    INFRA = "infra"
+
+
+@dataclass(frozen=True)
+class DebianSource:
+    """A kernel resolved from a Debian suite: the newest package matching `package`."""
+
+    suite: str
+    package: str
+    modules_package: str | None = None
+
+
+@dataclass(frozen=True)
+class PathSource:
+    """A kernel you already have: a vmlinuz and, optionally, its modules tree."""
+
+    vmlinuz: Path
+    modules: Path | None = None
+
+
+@dataclass(frozen=True)
+class HostSource:
+    """The running kernel; cells run in namespaces on this machine, no VM."""
+
+
+KernelSource = DebianSource | PathSource | HostSource
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One row of the matrix as declared in kernels.toml."""
+
+    name: str
+    source: KernelSource
+    description: str = ""
+
+    @property
+    def kind(self) -> str:
+        return {DebianSource: "debian", PathSource: "path", HostSource: "host"}[type(self.source)]
+
+
+@dataclass(frozen=True)
+class ResolvedKernel:
+    """A kernel that is ready to boot: files on disk and what they are."""
+
+    spec: KernelSpec
+    release: str
+    vmlinuz: Path | None = None
+    modules_dir: Path | None = None
+    sha256: str = ""
+    package_version: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What makes two kernels the same for a cell id: the name plus the exact build."""
+        return f"{self.spec.name}:{self.release}:{self.sha256 or self.package_version}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one cell, so that no puzzle runs forever."""
+
+    window_s: float = 25.0
+    iteration_cap: int = 20000
+    stall_s: float = 10.0
+    sample_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Which scenarios run with which sysctl values; every combination becomes a cell."""
+
+    scenarios: tuple[str, ...]
+    sysctls: tuple[tuple[str, tuple[str, ...]], ...]
+    fixed: tuple[tuple[str, str], ...] = ()
+    trials: int = 1
+    limits: Limits = field(default_factory=Limits)
+    swept_scenarios: tuple[str, ...] = ("2A", "2B")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: a scenario on a kernel with exact sysctls, one trial."""
+
+    kernel: str
+    scenario: str
+    sysctls: tuple[tuple[str, str], ...]
+    trial: int
+    limits: Limits
+    kernel_identity: str = ""
+
+    @property
+    def id(self) -> str:
+        """Stable across runs, so a nightly job or `--resume` can skip what is known."""
+        key = {
+            "kernel": self.kernel_identity or self.kernel,
+            "scenario": self.scenario,
+            "sysctls": sorted(self.sysctls),
+            "trial": self.trial,
+            "limits": [
+                self.limits.window_s,
+                self.limits.iteration_cap,
+                self.limits.stall_s,
+                self.limits.sample_s,
+            ],
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_agent(self) -> dict[str, Any]:
+        """The cell as the guest agent reads it (see collectors/agent.py)."""
+        return {
+            "id": self.id,
+            "scenario": self.scenario,
+            "sysctls": dict(self.sysctls),
+            "trial": self.trial,
+            "window_s": self.limits.window_s,
+            "iteration_cap": self.limits.iteration_cap,
+            "stall_s": self.limits.stall_s,
+            "sample_s": self.limits.sample_s,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """All cells of one kernel: a runner boots the kernel once and runs them all."""
+
+    kernel: ResolvedKernel
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a runner brings back: raw collector results by cell id, plus provenance.
+
+    `results` maps cell id to the collector's JSON document. A cell missing from it had
+    no result; `failure` then says why (boot failed, panic, deadline) and `console_tail`
+    holds the evidence.
+    """
+
+    results: dict[str, dict[str, Any]]
+    runner: str
+    accelerator: str
+    host: str
+    console_log: Path | None = None
+    console_tail: str = ""
+    failure: str = ""
+    boot_s: float | None = None
+    wall_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Classified:
+    """A verdict with the figures and the rule that produced it."""
+
+    verdict: Verdict
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
