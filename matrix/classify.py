@@ -22,25 +22,44 @@ class Thresholds:
     late_fraction: float = 0.2
 
 
-def rules(t: Thresholds = Thresholds()) -> list[tuple[str, str]]:
+DEFAULT_THRESHOLDS = Thresholds()
+
+
+def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
     """The rule set as text, in the order it is applied."""
     return [
-        ("infra", "no result came back (VM did not boot, panicked, deadline passed), "
-                  "or the collector crashed or overran its own deadline"),
-        ("error", "a sysctl was missing or did not take (the puzzle is then not run), "
-                  "or the loop died with an errno; the errno and iteration are shown"),
-        ("hang", "the loop made no progress for a whole stall window; the evidence "
-                 "(process state, wchan, stack) tells a blocked wait from a CPU-bound spin"),
-        ("slowdown", f"the loop kept progressing but its late rate (last "
-                     f"{t.late_fraction:.0%} of the time) fell below {t.success_min_ratio:g}x its "
-                     f"early rate (first {t.early_fraction:.0%} of the iterations)"),
-        ("success", f"the loop kept at least {t.success_min_ratio:g}x its early rate to the end; "
-                    "puzzle 1 succeeds when send() queued data and the queues were read"),
+        (
+            "infra",
+            "no result came back (VM did not boot, panicked, deadline passed), "
+            "or the collector crashed or overran its own deadline",
+        ),
+        (
+            "error",
+            "a sysctl was missing or did not take (the puzzle is then not run), "
+            "or the loop died with an errno; the errno and iteration are shown",
+        ),
+        (
+            "hang",
+            "the loop made no progress for a whole stall window; the evidence "
+            "(process state, wchan, stack) tells a blocked wait from a CPU-bound spin",
+        ),
+        (
+            "slowdown",
+            f"the loop kept progressing but its late rate (last "
+            f"{t.late_fraction:.0%} of the time) fell below {t.success_min_ratio:g}x its "
+            f"early rate (first {t.early_fraction:.0%} of the iterations)",
+        ),
+        (
+            "success",
+            f"the loop kept at least {t.success_min_ratio:g}x its early rate to the end; "
+            "puzzle 1 succeeds when send() queued data and the queues were read",
+        ),
     ]
 
 
-def classify(result: dict[str, Any] | None, failure: str = "",
-             t: Thresholds = Thresholds()) -> Classified:
+def classify(
+    result: dict[str, Any] | None, failure: str = "", t: Thresholds = DEFAULT_THRESHOLDS
+) -> Classified:
     """One cell's verdict from its collector result (None when none came back)."""
     if not result:
         return Classified(Verdict.INFRA, f"no result: {failure or 'the agent wrote nothing'}")
@@ -50,7 +69,9 @@ def classify(result: dict[str, Any] | None, failure: str = "",
     if status == "setup_failed":
         problems = result.get("sysctls", {}).get("problems", [])
         text = "; ".join(f"{p['key']} {p['problem']} ({p.get('detail', '')})" for p in problems)
-        return Classified(Verdict.ERROR, f"sysctl setup failed: {text or result.get('status_detail')}")
+        return Classified(
+            Verdict.ERROR, f"sysctl setup failed: {text or result.get('status_detail')}"
+        )
     if status != "ok":
         return Classified(Verdict.INFRA, f"unknown collector status {status!r}")
     if str(result.get("scenario", "")).startswith("1"):
@@ -65,8 +86,9 @@ def _puzzle1(result: dict[str, Any]) -> Classified:
         return Classified(Verdict.ERROR, _errno_text(err), dict(m))
     if not m.get("bytes_queued"):
         return Classified(Verdict.ERROR, "send() queued nothing", dict(m))
-    return Classified(Verdict.SUCCESS, f"queued {m['bytes_queued']:,} B in {m.get('sends', 0)} sends",
-                      dict(m))
+    return Classified(
+        Verdict.SUCCESS, f"queued {m['bytes_queued']:,} B in {m.get('sends', 0)} sends", dict(m)
+    )
 
 
 def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
@@ -121,7 +143,9 @@ def late_evidence(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
 
 
 def _points(result: dict[str, Any]) -> list[tuple[float, float]]:
-    pts = [(0.0, 0.0)] + [(float(s["t"]), float(s["iterations"])) for s in result.get("series") or []]
+    pts = [(0.0, 0.0)] + [
+        (float(s["t"]), float(s["iterations"])) for s in result.get("series") or []
+    ]
     m = result.get("metrics", {})
     if m.get("elapsed_s") and m.get("iterations") is not None and m["elapsed_s"] > pts[-1][0]:
         pts.append((float(m["elapsed_s"]), float(m["iterations"])))
@@ -143,15 +167,21 @@ def _iterations_at(pts: list[tuple[float, float]], when: float) -> float:
 
 
 def _errno_text(err: dict[str, Any]) -> str:
-    return (f"{err.get('phase', 'loop')}() failed with {err.get('name') or err.get('errno')} "
-            f"at iteration {err.get('iteration', '?'):,}: {err.get('message', '')}")
+    return (
+        f"{err.get('phase', 'loop')}() failed with {err.get('name') or err.get('errno')} "
+        f"at iteration {err.get('iteration', '?'):,}: {err.get('message', '')}"
+    )
 
 
 def _stall_text(stall: dict[str, Any], m: dict[str, Any]) -> str:
     state, wchan = stall.get("state") or "?", stall.get("wchan") or ""
-    how = (f"blocked (state {state}, waiting in {wchan})" if wchan and state != "R"
-           else f"spinning (state {state}, empty wchan: CPU-bound)" if state == "R"
-           else f"state {state}")
+    how = (
+        f"blocked (state {state}, waiting in {wchan})"
+        if wchan and state != "R"
+        else f"spinning (state {state}, empty wchan: CPU-bound)"
+        if state == "R"
+        else f"state {state}"
+    )
     return f"no progress after iteration {stall.get('iterations', m.get('iterations', 0)):,}; {how}"
 
 

@@ -39,11 +39,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kmatrix", description="Linux TCP puzzles across kernels.",
-                                epilog="Exit codes: see `kmatrix help-exit-codes` or README.")
+    p = argparse.ArgumentParser(
+        prog="kmatrix",
+        description="Linux TCP puzzles across kernels.",
+        epilog="Exit codes: see `kmatrix help-exit-codes` or README.",
+    )
     p.add_argument("--version", action="version", version=f"kmatrix {__version__}")
-    p.add_argument("--config", type=Path, default=None,
-                   help="kernels.toml to use (default: ./kernels.toml, else the packaged one)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="kernels.toml to use (default: ./kernels.toml, else the packaged one)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     r = sub.add_parser("report", help="render the HTML report of a run")
@@ -69,8 +76,13 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--kernels", type=_names, help="comma-separated kernel names (default: all)")
     r.add_argument("--scenarios", type=_names, help=f"comma-separated, of {', '.join(SCENARIOS)}")
     r.add_argument("--profile", help="a [profiles.NAME] of kernels.toml, e.g. quick or full")
-    r.add_argument("--sysctl", action="append", default=[], metavar="KEY=V[,V...]",
-                   help="sweep exactly these values (repeatable); replaces the config's sweep")
+    r.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="KEY=V[,V...]",
+        help="sweep exactly these values (repeatable); replaces the config's sweep",
+    )
     r.add_argument("--trials", type=int)
     r.add_argument("--window", type=float, help="seconds, upper bound of a puzzle-2 cell")
     r.add_argument("--cap", type=int, help="iteration cap of a puzzle-2 cell")
@@ -78,8 +90,12 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--jobs", type=int, help="VMs at once (default: fit the machine)")
     r.add_argument("--accel", choices=["auto", "kvm", "tcg"])
     r.add_argument("--out", type=Path, help="run directory (default: <runs_dir>/<run-id>)")
-    r.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="run only the cells of RUN_DIR that have no result")
+    r.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="run only the cells of RUN_DIR that have no result",
+    )
     r.add_argument("--no-report", action="store_true")
     r.set_defaults(func=cmd_run)
 
@@ -105,8 +121,12 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         overrides["sysctls"] = {k: list(v) for k, v in job.parse_sysctl_options(args.sysctl)}
         fixed = {k: v for k, v in sw.fixed if k not in overrides["sysctls"]}
         overrides["fixed"] = fixed
-    for opt, key in (("trials", "trials"), ("window", "window_s"), ("cap", "iteration_cap"),
-                     ("stall", "stall_s")):
+    for opt, key in (
+        ("trials", "trials"),
+        ("window", "window_s"),
+        ("cap", "iteration_cap"),
+        ("stall", "stall_s"),
+    ):
         if getattr(args, opt) is not None:
             overrides[key] = getattr(args, opt)
     if overrides:
@@ -132,18 +152,23 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     else:
         from matrix.catalog import Catalog
 
-        catalog = Catalog(cfg.settings.cache_dir, cfg.settings.mirror,
-                          cfg.settings.security_mirror, progress=display.download)
+        catalog = Catalog(
+            cfg.settings.cache_dir,
+            cfg.settings.mirror,
+            cfg.settings.security_mirror,
+            progress=display.download,
+        )
         kernels, failures = job.resolve(job.select(cfg, args.kernels), catalog)
         batches = plan.plan(kernels, cfg.sweep)
         run_dir = args.out or cfg.settings.runs_dir / rundir.new_run_id()
         job.start_run(run_dir, batches, cfg, argv)
     runner_for = runner_factory(cfg)
     job.check_runners(batches, runner_for, failures)
-    display.start(run_dir, batches, failures)
+    display.start(run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed})
     with display:
-        interrupted = job.execute(batches, runner_for, run_dir, job.auto_jobs(cfg),
-                                  display.event, failures)
+        interrupted = job.execute(
+            batches, runner_for, run_dir, job.auto_jobs(cfg), display.event, failures
+        )
     rows = job.finish_run(run_dir, interrupted)
     report = None if args.no_report else _render(run_dir, cfg.settings.reports_dir / run_dir.name)
     display.summary(rows, run_dir, report)
@@ -169,8 +194,11 @@ def runner_factory(cfg: config.Config) -> Any:
 
             s = cfg.settings
             cache["vng"] = VngRunner(
-                repo_root=Path(__file__).resolve().parent.parent, memory_mb=s.memory_mb,
-                cpus=s.cpus, accel=s.accel, boot_timeout_s=s.boot_timeout_s,
+                repo_root=Path(__file__).resolve().parent.parent,
+                memory_mb=s.memory_mb,
+                cpus=s.cpus,
+                accel=s.accel,
+                boot_timeout_s=s.boot_timeout_s,
                 extra_per_cell_s=AGENT_SLACK_S,
             )
         return cache["vng"]
@@ -207,8 +235,12 @@ def cmd_kernels(args: argparse.Namespace, argv: list[str]) -> int:
 
     cfg = load_config(args)
     display = Display()
-    catalog = Catalog(cfg.settings.cache_dir, cfg.settings.mirror, cfg.settings.security_mirror,
-                      progress=display.download)
+    catalog = Catalog(
+        cfg.settings.cache_dir,
+        cfg.settings.mirror,
+        cfg.settings.security_mirror,
+        progress=display.download,
+    )
     specs = job.select(cfg, args.names or None)
     if args.action == "fetch":
         for spec in specs:
@@ -217,4 +249,3 @@ def cmd_kernels(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     display.kernels_table(specs, catalog)
     return 0
-

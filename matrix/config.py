@@ -8,6 +8,7 @@ expected, so a user fixes it in one go instead of reading a traceback.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -69,26 +70,30 @@ def load(path: Path | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(src, "(syntax)", f"not valid TOML: {e}") from None
     _only_keys(src, "(top level)", data, {"settings", "sweep", "profiles", "kernel"})
-    kernels = tuple(
-        _kernel(src, i, k) for i, k in enumerate(_list_of_tables(src, "kernel", data))
-    )
+    kernels = tuple(_kernel(src, i, k) for i, k in enumerate(_list_of_tables(src, "kernel", data)))
     names = [k.name for k in kernels]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise ConfigError(src, "kernel.name", f"duplicate names {sorted(dup)}; names must be unique")
+        raise ConfigError(
+            src, "kernel.name", f"duplicate names {sorted(dup)}; names must be unique"
+        )
     profiles = _table(src, "profiles", data.get("profiles", {}))
     for pname, prof in profiles.items():
-        sweep_from(src, f"profiles.{pname}", _table(src, f"profiles.{pname}", prof), defaultsweep_from())
+        sweep_from(
+            src, f"profiles.{pname}", _table(src, f"profiles.{pname}", prof), default_sweep()
+        )
     return Config(
         path=Path(path),
         settings=_settings(src, _table(src, "settings", data.get("settings", {}))),
         kernels=kernels,
-        sweep=sweep_from(src, "sweep", _table(src, "sweep", data.get("sweep", {})), defaultsweep_from()),
+        sweep=sweep_from(
+            src, "sweep", _table(src, "sweep", data.get("sweep", {})), default_sweep()
+        ),
         profiles=profiles,
     )
 
 
-def defaultsweep_from() -> Sweep:
+def default_sweep() -> Sweep:
     """The seed's sweep: puzzle 2 over buckets x tw_reuse, puzzle 1 at defaults."""
     return Sweep(
         scenarios=("1A", "1B", "2A", "2B"),
@@ -111,8 +116,11 @@ def apply_profile(config: Config, name: str) -> Config:
 def _settings(src: str, t: dict[str, Any]) -> Settings:
     _only_keys(src, "settings", t, set(Settings.__dataclass_fields__))
     d = Settings()
-    paths = {k: Path(os.path.expanduser(_str(src, f"settings.{k}", t[k])))
-             for k in ("cache_dir", "runs_dir", "reports_dir") if k in t}
+    paths = {
+        k: Path(os.path.expanduser(_str(src, f"settings.{k}", t[k])))
+        for k in ("cache_dir", "runs_dir", "reports_dir")
+        if k in t
+    }
     accel = t.get("accel", d.accel)
     if accel not in ("auto", "kvm", "tcg"):
         raise ConfigError(src, "settings.accel", f"{accel!r}; expected one of auto, kvm, tcg")
@@ -122,19 +130,30 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
         mirror=_str(src, "settings.mirror", t["mirror"]) if "mirror" in t else None,
         security_mirror=(
             _str(src, "settings.security_mirror", t["security_mirror"])
-            if "security_mirror" in t else None
+            if "security_mirror" in t
+            else None
         ),
         jobs=_int(src, "settings.jobs", t.get("jobs", d.jobs), 0),
         memory_mb=_int(src, "settings.memory_mb", t.get("memory_mb", d.memory_mb), 256),
         cpus=_int(src, "settings.cpus", t.get("cpus", d.cpus), 1),
         accel=accel,
-        boot_timeout_s=_num(src, "settings.boot_timeout_s", t.get("boot_timeout_s", d.boot_timeout_s)),
+        boot_timeout_s=_num(
+            src, "settings.boot_timeout_s", t.get("boot_timeout_s", d.boot_timeout_s)
+        ),
     )
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SWEEP_KEYS = {
-    "scenarios", "sysctls", "fixed", "trials", "swept_scenarios",
-    "window_s", "iteration_cap", "stall_s", "sample_s",
+    "scenarios",
+    "sysctls",
+    "fixed",
+    "trials",
+    "swept_scenarios",
+    "window_s",
+    "iteration_cap",
+    "stall_s",
+    "sample_s",
 }
 
 
@@ -142,7 +161,9 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
     _only_keys(src, where, t, _SWEEP_KEYS)
     scen = tuple(_scenario_list(src, f"{where}.scenarios", t.get("scenarios", base.scenarios)))
     swept = tuple(
-        _scenario_list(src, f"{where}.swept_scenarios", t.get("swept_scenarios", base.swept_scenarios))
+        _scenario_list(
+            src, f"{where}.swept_scenarios", t.get("swept_scenarios", base.swept_scenarios)
+        )
     )
     sysctls = base.sysctls
     if "sysctls" in t:
@@ -161,7 +182,9 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
     lim = base.limits
     limits = Limits(
         window_s=_num(src, f"{where}.window_s", t.get("window_s", lim.window_s)),
-        iteration_cap=_int(src, f"{where}.iteration_cap", t.get("iteration_cap", lim.iteration_cap), 1),
+        iteration_cap=_int(
+            src, f"{where}.iteration_cap", t.get("iteration_cap", lim.iteration_cap), 1
+        ),
         stall_s=_num(src, f"{where}.stall_s", t.get("stall_s", lim.stall_s)),
         sample_s=_num(src, f"{where}.sample_s", t.get("sample_s", lim.sample_s)),
     )
@@ -172,6 +195,10 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
 def _kernel(src: str, i: int, t: dict[str, Any]) -> KernelSpec:
     where = f"kernel[{i}]"
     name = _str(src, f"{where}.name", _required(src, where, t, "name"))
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            src, f"{where}.name", f"{name!r}; expected letters, digits, '.', '_', '-'"
+        )
     where = f"kernel[{i}] ({name})"
     kind = _required(src, where, t, "source")
     desc = _str(src, f"{where}.description", t["description"]) if "description" in t else ""
@@ -189,7 +216,10 @@ def _kernel(src: str, i: int, t: dict[str, Any]) -> KernelSpec:
     if kind == "path":
         _only_keys(src, where, t, common | {"vmlinuz", "modules"})
         base = Path(src).parent
-        vmlinuz = base / Path(_str(src, f"{where}.vmlinuz", _required(src, where, t, "vmlinuz"))).expanduser()
+        vmlinuz = (
+            base
+            / Path(_str(src, f"{where}.vmlinuz", _required(src, where, t, "vmlinuz"))).expanduser()
+        )
         mods = t.get("modules")
         modules = base / Path(_str(src, f"{where}.modules", mods)).expanduser() if mods else None
         return KernelSpec(name, PathSource(vmlinuz, modules), desc)
@@ -201,14 +231,18 @@ def _scenario_list(src: str, key: str, v: Any) -> list[str]:
         raise ConfigError(src, key, "expected a non-empty list of scenario names")
     for s in v:
         if s not in SCENARIOS:
-            raise ConfigError(src, key, f"unknown scenario {s!r}; expected one of {', '.join(SCENARIOS)}")
+            raise ConfigError(
+                src, key, f"unknown scenario {s!r}; expected one of {', '.join(SCENARIOS)}"
+            )
     return list(v)
 
 
 def _sysctl_name(src: str, key: str, name: str) -> str:
     if name not in NAMESPACED_SYSCTLS:
         known = ", ".join(sorted(NAMESPACED_SYSCTLS))
-        raise ConfigError(src, f"{key}.{name}", f"not a known per-namespace sysctl; expected one of {known}")
+        raise ConfigError(
+            src, f"{key}.{name}", f"not a known per-namespace sysctl; expected one of {known}"
+        )
     return name
 
 
@@ -220,7 +254,7 @@ def _values(src: str, key: str, v: Any) -> tuple[str, ...]:
 
 def _value(src: str, key: str, v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, int | str):
-        raise ConfigError(src, key, f"{v!r}; expected an integer or a string like \"32768 60999\"")
+        raise ConfigError(src, key, f'{v!r}; expected an integer or a string like "32768 60999"')
     return str(v)
 
 
@@ -233,7 +267,9 @@ def _required(src: str, where: str, t: dict[str, Any], key: str) -> Any:
 def _only_keys(src: str, where: str, t: dict[str, Any], allowed: set[str]) -> None:
     extra = sorted(set(t) - allowed)
     if extra:
-        raise ConfigError(src, f"{where}.{extra[0]}", f"unknown key; expected one of {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            src, f"{where}.{extra[0]}", f"unknown key; expected one of {', '.join(sorted(allowed))}"
+        )
 
 
 def _list_of_tables(src: str, key: str, data: dict[str, Any]) -> list[dict[str, Any]]:

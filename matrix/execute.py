@@ -24,8 +24,14 @@ Progress = Callable[[str, str, dict[str, Any] | None], None]
 """Called with (kernel, event, result): event is 'start', 'result' or 'done'."""
 
 
-def run_batches(batches: list[Batch], runner_for: Callable[[Batch], Runner], run_dir: Path,
-                jobs: int, stop: threading.Event, progress: Progress) -> dict[str, BatchOutcome]:
+def run_batches(
+    batches: list[Batch],
+    runner_for: Callable[[Batch], Runner],
+    run_dir: Path,
+    jobs: int,
+    stop: threading.Event,
+    progress: Progress,
+) -> dict[str, BatchOutcome]:
     """Host batches first and alone (their timings must not share the CPU with VMs),
     then the rest `jobs` at a time."""
     exclusive = [b for b in batches if runner_for(b).name == "host"]
@@ -40,8 +46,9 @@ def run_batches(batches: list[Batch], runner_for: Callable[[Batch], Runner], run
     return outcomes
 
 
-def _one(batch: Batch, runner: Runner, run_dir: Path, stop: threading.Event,
-         progress: Progress) -> BatchOutcome:
+def _one(
+    batch: Batch, runner: Runner, run_dir: Path, stop: threading.Event, progress: Progress
+) -> BatchOutcome:
     name = batch.kernel.spec.name
     if stop.is_set():
         outcome = _failed(runner, "interrupted before it started")
@@ -70,8 +77,15 @@ def _one(batch: Batch, runner: Runner, run_dir: Path, stop: threading.Event,
 
 
 def _failed(runner: Runner, why: str, wall_s: float = 0.0, tail: str = "") -> BatchOutcome:
-    return BatchOutcome(results={}, runner=runner.name, accelerator="", host="",
-                        failure=why, console_tail=tail, wall_s=wall_s)
+    return BatchOutcome(
+        results={},
+        runner=runner.name,
+        accelerator="",
+        host="",
+        failure=why,
+        console_tail=tail,
+        wall_s=wall_s,
+    )
 
 
 def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
@@ -82,9 +96,17 @@ def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(Path(outcome.console_log).read_bytes())
         console = str(dest.relative_to(run_dir))
-    rundir.write_json(run_dir / "batches" / f"{kernel}.json", {
-        "runner": outcome.runner, "accelerator": outcome.accelerator, "host": outcome.host,
-        "failure": outcome.failure, "console_tail": outcome.console_tail,
-        "console_log": console, "boot_s": outcome.boot_s, "wall_s": outcome.wall_s,
-        "results": len(outcome.results),
-    })
+    rundir.write_json(
+        run_dir / "batches" / f"{kernel}.json",
+        {
+            "runner": outcome.runner,
+            "accelerator": outcome.accelerator,
+            "host": outcome.host,
+            "failure": outcome.failure,
+            "console_tail": outcome.console_tail,
+            "console_log": console,
+            "boot_s": outcome.boot_s,
+            "wall_s": outcome.wall_s,
+            "results": len(outcome.results),
+        },
+    )

@@ -113,8 +113,14 @@ def pending(batches: list[Batch], run_dir: Path) -> list[Batch]:
     return out
 
 
-def execute(batches: list[Batch], runner_for: Any, run_dir: Path, jobs: int,
-            progress: Progress, failures: dict[str, str]) -> bool:
+def execute(
+    batches: list[Batch],
+    runner_for: Any,
+    run_dir: Path,
+    jobs: int,
+    progress: Progress,
+    failures: dict[str, str],
+) -> bool:
     """Run everything; return True if a stop signal cut the run short."""
     stop = threading.Event()
     for name, why in failures.items():
@@ -128,9 +134,12 @@ def execute(batches: list[Batch], runner_for: Any, run_dir: Path, jobs: int,
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C or SIGTERM sets `stop`; runners then tear down and keep what they have."""
+
     def handler(signum: int, _frame: Any) -> None:
-        print(f"\nkmatrix: {signal.Signals(signum).name}: stopping, keeping finished cells",
-              file=sys.stderr)
+        print(
+            f"\nkmatrix: {signal.Signals(signum).name}: stopping, keeping finished cells",
+            file=sys.stderr,
+        )
         stop.set()
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -159,7 +168,10 @@ def parse_sysctl_options(options: list[str]) -> tuple[tuple[str, tuple[str, ...]
     for opt in options:
         key, sep, values = opt.partition("=")
         if not sep or not values:
-            raise ConfigError("command line", f"--sysctl {opt}",
-                              "expected KEY=VALUE[,VALUE...], e.g. net.ipv4.tcp_tw_reuse=0,1")
+            raise ConfigError(
+                "command line",
+                f"--sysctl {opt}",
+                "expected KEY=VALUE[,VALUE...], e.g. net.ipv4.tcp_tw_reuse=0,1",
+            )
         out.append((key.strip(), tuple(v.strip() for v in values.split(","))))
     return tuple(out)

@@ -78,8 +78,11 @@ def to_doc(batches: list[Batch], fixed: tuple[tuple[str, str], ...]) -> dict[str
     return {
         "fixed_sysctls": [k for k, _ in fixed],
         "kernels": [_kernel_doc(b.kernel) for b in batches],
-        "cells": [dict(c.to_agent(), kernel=c.kernel, kernel_identity=c.kernel_identity)
-                  for b in batches for c in b.cells],
+        "cells": [
+            dict(c.to_agent(), kernel=c.kernel, kernel_identity=c.kernel_identity)
+            for b in batches
+            for c in b.cells
+        ],
     }
 
 
@@ -96,11 +99,15 @@ def from_doc(doc: dict[str, Any]) -> list[Batch]:
 def _kernel_doc(k: ResolvedKernel) -> dict[str, Any]:
     src = k.spec.source
     return {
-        "name": k.spec.name, "kind": k.spec.kind, "description": k.spec.description,
+        "name": k.spec.name,
+        "kind": k.spec.kind,
+        "description": k.spec.description,
         "source": {key: str(v) if v is not None else None for key, v in vars(src).items()},
-        "release": k.release, "vmlinuz": str(k.vmlinuz) if k.vmlinuz else None,
+        "release": k.release,
+        "vmlinuz": str(k.vmlinuz) if k.vmlinuz else None,
         "modules_dir": str(k.modules_dir) if k.modules_dir else None,
-        "sha256": k.sha256, "package_version": k.package_version,
+        "sha256": k.sha256,
+        "package_version": k.package_version,
     }
 
 
@@ -115,12 +122,22 @@ def _kernel_from(d: dict[str, Any]) -> ResolvedKernel:
         source = HostSource()
     spec = KernelSpec(d["name"], source, d.get("description", ""))
     return ResolvedKernel(
-        spec, d["release"], Path(d["vmlinuz"]) if d["vmlinuz"] else None,
-        Path(d["modules_dir"]) if d["modules_dir"] else None, d["sha256"], d["package_version"],
+        spec,
+        d["release"],
+        Path(d["vmlinuz"]) if d["vmlinuz"] else None,
+        Path(d["modules_dir"]) if d["modules_dir"] else None,
+        d["sha256"],
+        d["package_version"],
     )
 
 
 def _cell_from(d: dict[str, Any]) -> Cell:
     limits = Limits(d["window_s"], d["iteration_cap"], d["stall_s"], d["sample_s"])
-    return Cell(d["kernel"], d["scenario"], tuple(d["sysctls"].items()), d["trial"], limits,
-                d["kernel_identity"])
+    return Cell(
+        d["kernel"],
+        d["scenario"],
+        tuple(d["sysctls"].items()),
+        d["trial"],
+        limits,
+        d["kernel_identity"],
+    )

@@ -19,10 +19,16 @@ from rich.text import Text
 
 from matrix.classify import classify, key_figure
 from matrix.model import Batch, KernelSpec
+from matrix.plan import sysctl_label
 
 _CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-COLOURS = {"success": "green", "slowdown": "yellow", "hang": "red", "error": "magenta",
-           "infra": "bright_black"}
+COLOURS = {
+    "success": "green",
+    "slowdown": "yellow",
+    "hang": "red",
+    "error": "magenta",
+    "infra": "bright_black",
+}
 
 
 def clean(text: Any) -> str:
@@ -34,8 +40,12 @@ class Display:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
         )
         self.tasks: dict[str, Any] = {}
         self.labels: dict[str, str] = {}
@@ -61,24 +71,28 @@ class Display:
             if total and done >= total:
                 self.progress.stop()
 
-    def start(self, run_dir: Path, batches: list[Batch], failures: dict[str, str]) -> None:
+    def start(
+        self, run_dir: Path, batches: list[Batch], failures: dict[str, str], fixed: set[str]
+    ) -> None:
         self.note(f"run directory: {run_dir}")
         for name, why in failures.items():
             self.console.print(Text(f"{name}: not run: {clean(why)}", style="red"))
         for b in batches:
             if b.kernel.spec.name not in failures:
                 self.tasks[b.kernel.spec.name] = self.progress.add_task(
-                    f"{b.kernel.spec.name} ({clean(b.kernel.release)})", total=len(b.cells))
+                    f"{b.kernel.spec.name} ({clean(b.kernel.release)})", total=len(b.cells)
+                )
                 for c in b.cells:
-                    self.labels[c.id] = " ".join([c.scenario] + [f"{k.rsplit('.', 1)[-1]}={v}"
-                                                                 for k, v in c.sysctls])
+                    self.labels[c.id] = " ".join(
+                        [c.scenario] + [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.sysctls]
+                    )
 
     def event(self, kernel: str, event: str, result: dict[str, Any] | None) -> None:
         if event != "result" or result is None:
             return
         c = classify(result)
         label = self.labels.get(str(result.get("cell_id")), str(result.get("scenario")))
-        line = Text(f"{kernel:>8} {clean(label):<60} ")
+        line = Text(f"{kernel:>8} {clean(label):<28} ")
         line.append(f"{c.verdict.value:<8}", style=COLOURS[c.verdict.value])
         line.append(" " + clean(key_figure(str(result.get("scenario", "")), c)))
         self.progress.console.print(line)
@@ -94,22 +108,30 @@ class Display:
             self.note(f"report: {report}")
 
     def results_table(self, rows: list[dict[str, Any]]) -> None:
-        t = Table("kernel", "release", "scenario", "sysctls", "trial", "verdict", "figure",
-                  "reason")
+        t = Table(
+            "kernel", "release", "scenario", "sysctls", "trial", "verdict", "figure", "reason"
+        )
         for r in rows:
-            t.add_row(*(Text(clean(r[k])) for k in ("kernel", "kernel_release", "scenario",
-                                                     "sysctl_label", "trial")),
-                      Text(r["verdict"], style=COLOURS[r["verdict"]]),
-                      Text(clean(r["key_figure"])), Text(clean(r["reason"])))
+            t.add_row(
+                *(
+                    Text(clean(r[k]))
+                    for k in ("kernel", "kernel_release", "scenario", "sysctl_label", "trial")
+                ),
+                Text(r["verdict"], style=COLOURS[r["verdict"]]),
+                Text(clean(r["key_figure"])),
+                Text(clean(r["reason"])),
+            )
         Console(highlight=False).print(t)
 
     def kernels_table(self, specs: list[KernelSpec], catalog: Any) -> None:
         t = Table("name", "source", "resolved", "cached")
         for s in specs:
             src = s.source
-            where = (f"{src.suite}: {src.package}" if s.kind == "debian"
-                     else str(getattr(src, "vmlinuz", "running kernel")))
+            where = (
+                f"{src.suite}: {src.package}"
+                if s.kind == "debian"
+                else str(getattr(src, "vmlinuz", "running kernel"))
+            )
             k = catalog.cached(s)
-            t.add_row(s.name, f"{s.kind} ({where})", k.release if k else "-",
-                      "yes" if k else "no")
+            t.add_row(s.name, f"{s.kind} ({where})", k.release if k else "-", "yes" if k else "no")
         Console(highlight=False).print(t)

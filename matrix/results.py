@@ -16,14 +16,30 @@ from typing import Any
 import pandas as pd
 
 from matrix import rundir
-from matrix.classify import Thresholds, classify, key_figure
+from matrix.classify import DEFAULT_THRESHOLDS, Thresholds, classify, key_figure
 from matrix.plan import sysctl_label
 
 METRIC_COLUMNS = (
-    "iterations", "elapsed_s", "early_rate", "late_rate", "rate_ratio", "tw_max",
-    "lat_p50_us", "lat_p99_us", "error_name", "error_iteration", "bytes_queued", "sends",
-    "last_send", "sndbuf", "sndbuf_before", "outq", "outq_nsd", "evidence_state",
-    "evidence_wchan", "stime_share",
+    "iterations",
+    "elapsed_s",
+    "early_rate",
+    "late_rate",
+    "rate_ratio",
+    "tw_max",
+    "lat_p50_us",
+    "lat_p99_us",
+    "error_name",
+    "error_iteration",
+    "bytes_queued",
+    "sends",
+    "last_send",
+    "sndbuf",
+    "sndbuf_before",
+    "outq",
+    "outq_nsd",
+    "evidence_state",
+    "evidence_wchan",
+    "stime_share",
 )
 
 
@@ -37,8 +53,12 @@ class RunData:
     details: dict[str, dict[str, Any]]
 
 
-def build_rows(plan: dict[str, Any], raw: dict[str, dict[str, Any]],
-               batches: dict[str, dict[str, Any]], t: Thresholds = Thresholds()) -> list[dict[str, Any]]:
+def build_rows(
+    plan: dict[str, Any],
+    raw: dict[str, dict[str, Any]],
+    batches: dict[str, dict[str, Any]],
+    t: Thresholds = DEFAULT_THRESHOLDS,
+) -> list[dict[str, Any]]:
     """One row per planned cell, in plan order; a cell with no result is infra."""
     kernels = {k["name"]: k for k in plan["kernels"]}
     fixed = set(plan.get("fixed_sysctls", []))
@@ -51,8 +71,14 @@ def build_rows(plan: dict[str, Any], raw: dict[str, dict[str, Any]],
     return rows
 
 
-def _row(cell: dict[str, Any], kernel: dict[str, Any], batch: dict[str, Any],
-         result: dict[str, Any] | None, c: Any, fixed: set[str]) -> dict[str, Any]:
+def _row(
+    cell: dict[str, Any],
+    kernel: dict[str, Any],
+    batch: dict[str, Any],
+    result: dict[str, Any] | None,
+    c: Any,
+    fixed: set[str],
+) -> dict[str, Any]:
     m = c.metrics
     lat = m.get("latency_us") or {}
     read_back = ((result or {}).get("sysctls") or {}).get("read_back") or {}
@@ -87,8 +113,16 @@ def repro_command(cell: dict[str, Any]) -> str:
     parts = ["kmatrix", "run", "--kernels", cell["kernel"], "--scenarios", cell["scenario"]]
     for k, v in cell["sysctls"].items():
         parts += ["--sysctl", f"{k}={v}"]
-    parts += ["--trials", "1", "--window", f"{cell['window_s']:g}",
-              "--cap", str(cell["iteration_cap"]), "--stall", f"{cell['stall_s']:g}"]
+    parts += [
+        "--trials",
+        "1",
+        "--window",
+        f"{cell['window_s']:g}",
+        "--cap",
+        str(cell["iteration_cap"]),
+        "--stall",
+        f"{cell['stall_s']:g}",
+    ]
     return shlex.join(parts)
 
 
@@ -107,7 +141,7 @@ def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def load_run(run_dir: Path, t: Thresholds = Thresholds()) -> RunData:
+def load_run(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> RunData:
     """Read a run directory, classify every cell, and return the table and details."""
     manifest = rundir.read_json(run_dir / "manifest.json")
     plan = rundir.read_json(run_dir / "plan.json")
@@ -128,5 +162,30 @@ def json_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+INT_COLUMNS = frozenset(
+    {
+        "trial",
+        "iterations",
+        "tw_max",
+        "error_iteration",
+        "bytes_queued",
+        "sends",
+        "last_send",
+        "sndbuf",
+        "sndbuf_before",
+        "outq",
+        "outq_nsd",
+    }
+)
+
+
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    """NaN -> null and counts back to integers (pandas stores a column with gaps as float)."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and v != v:
+            v = None
+        elif k in INT_COLUMNS and v is not None:
+            v = int(v)
+        out[k] = v
+    return out

@@ -60,8 +60,9 @@ def check_writable(run_dir: Path) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise KmatrixError(f"{run_dir}: cannot write results there ({e.strerror}); "
-                           "choose another --out") from None
+        raise KmatrixError(
+            f"{run_dir}: cannot write results there ({e.strerror}); choose another --out"
+        ) from None
 
 
 def cell_results(run_dir: Path) -> dict[str, dict[str, Any]]:

@@ -50,8 +50,9 @@ class HostRunner:
                 f"{probe.returncode}); kmatrix needs CAP_SYS_ADMIN and a kernel with CONFIG_NET_NS"
             )
 
-    def run_batch(self, batch: Batch, workdir: Path, stop: threading.Event,
-                  on_result: OnResult) -> BatchOutcome:
+    def run_batch(
+        self, batch: Batch, workdir: Path, stop: threading.Event, on_result: OnResult
+    ) -> BatchOutcome:
         start = time.monotonic()
         cells, out = prepare(batch, workdir)
         log_path = workdir / "agent.log"
@@ -60,7 +61,9 @@ class HostRunner:
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [self.python, str(agent_path()), "--cells", str(cells), "--out", str(out)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
             failure = self._wait(proc, watcher, stop, deadline)
@@ -69,14 +72,24 @@ class HostRunner:
         if not failure and missing:
             failure = f"agent exited ({proc.returncode}) without results for {missing} cells"
         return BatchOutcome(
-            results=dict(watcher.results), runner=self.name, accelerator="none (host)",
-            host=socket.gethostname(), console_log=log_path,
-            console_tail=_tail(log_path) if failure else "", failure=failure,
-            boot_s=0.0, wall_s=time.monotonic() - start,
+            results=dict(watcher.results),
+            runner=self.name,
+            accelerator="none (host)",
+            host=socket.gethostname(),
+            console_log=log_path,
+            console_tail=_tail(log_path) if failure else "",
+            failure=failure,
+            boot_s=0.0,
+            wall_s=time.monotonic() - start,
         )
 
-    def _wait(self, proc: subprocess.Popen[bytes], watcher: ResultWatcher,
-              stop: threading.Event, deadline: float) -> str:
+    def _wait(
+        self,
+        proc: subprocess.Popen[bytes],
+        watcher: ResultWatcher,
+        stop: threading.Event,
+        deadline: float,
+    ) -> str:
         """Hand on results until the agent exits; kill it on stop or at the deadline."""
         while proc.poll() is None:
             watcher.poll()
