@@ -83,9 +83,7 @@ class Display:
                     f"{b.kernel.spec.name} ({clean(b.kernel.release)})", total=len(b.cells)
                 )
                 for c in b.cells:
-                    self.labels[c.id] = " ".join(
-                        [c.scenario] + [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in c.sysctls]
-                    )
+                    self.labels[c.id] = f"{c.scenario} {sysctl_label(c.sysctls, fixed)}"
 
     def event(self, kernel: str, event: str, result: dict[str, Any] | None) -> None:
         if event != "result" or result is None:
