@@ -7,6 +7,7 @@ batches go on.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 import traceback
@@ -57,7 +58,8 @@ def _one(
     else:
         progress(name, "start", None)
         workdir = run_dir / "work" / name
-        workdir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
 
         def keep(cell_id: str, result: dict[str, Any]) -> None:
             rundir.write_json(run_dir / "cells" / f"{cell_id}.json", result)

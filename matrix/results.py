@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from matrix import rundir
-from matrix.classify import DEFAULT_THRESHOLDS, Thresholds, classify, key_figure
+from matrix.classify import DEFAULT_THRESHOLDS, Thresholds, classify, key_figure, rules
 from matrix.plan import sysctl_label
 
 METRIC_COLUMNS = (
@@ -148,7 +148,35 @@ def load_run(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> RunData:
     raw = rundir.cell_results(run_dir)
     batches = rundir.batches(run_dir)
     rows = build_rows(plan, raw, batches, t)
+    manifest = dict(
+        manifest,
+        kernels=kernel_summaries(plan, batches),
+        rules=[list(r) for r in rules(t)],
+        thresholds=asdict(t),
+    )
     return RunData(run_dir, manifest, table(rows), raw)
+
+
+def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -> list[dict]:
+    """Per kernel: what it is, and how its batch went (for the report's header)."""
+    out = []
+    for k in plan["kernels"]:
+        b = batches.get(k["name"], {})
+        out.append(
+            {
+                "name": k["name"],
+                "kind": k["kind"],
+                "release": k["release"],
+                "package_version": k.get("package_version", ""),
+                "accelerator": b.get("accelerator", ""),
+                "runner": b.get("runner", ""),
+                "host": b.get("host", ""),
+                "boot_s": b.get("boot_s"),
+                "failure": b.get("failure", ""),
+                "console_tail": b.get("console_tail", ""),
+            }
+        )
+    return out
 
 
 def json_lines(rows: list[dict[str, Any]]) -> list[str]:

@@ -44,9 +44,10 @@ def batch_budget_s(batch: Batch, slack_s: float = AGENT_SLACK_S) -> float:
 class ResultWatcher:
     """Finds result files the agent has finished since the last look."""
 
-    def __init__(self, out_dir: Path, on_result: OnResult) -> None:
+    def __init__(self, out_dir: Path, on_result: OnResult, expected: set[str]) -> None:
         self.out_dir = out_dir
         self.on_result = on_result
+        self.expected = expected
         self.results: dict[str, dict[str, Any]] = {}
 
     def poll(self) -> int:
@@ -54,7 +55,7 @@ class ResultWatcher:
         new = 0
         for p in sorted(self.out_dir.glob("*.json")):
             cid = p.stem
-            if cid in self.results or cid == "agent" or p.name.startswith("."):
+            if cid in self.results or cid not in self.expected:
                 continue
             try:
                 doc = json.loads(p.read_text())

@@ -56,7 +56,7 @@ class HostRunner:
         start = time.monotonic()
         cells, out = prepare(batch, workdir)
         log_path = workdir / "agent.log"
-        watcher = ResultWatcher(out, on_result)
+        watcher = ResultWatcher(out, on_result, {c.id for c in batch.cells})
         deadline = start + batch_budget_s(batch)
         with log_path.open("wb") as log:
             proc = subprocess.Popen(

@@ -1,0 +1,1 @@
+"""Guest-side collectors: stdlib-only scripts copied into each kernel under test."""

@@ -1,0 +1,407 @@
+"""The `vng` runner: one virtme-ng boot per kernel, the guest agent runs every cell.
+
+What virtme-ng (1.42) does with a distro kernel, and why the command line is what it is:
+
+- `--run <vmlinuz>`: vng reads the release from the image (`file`, else `strings`),
+  then walks up from the image's path to the first directory holding `lib/modules`
+  (or `usr/lib/modules`) and takes `<that>/lib/modules/<release>` as the modules
+  tree. If `modules.dep` is missing (Debian's .deb does not ship it) vng runs
+  `depmod -a -b` on it, writing into that tree, then resolves the modules it needs
+  (9p, virtio_pci, virtio_console, overlay...) with `modprobe --show-depends` and
+  packs them into an initramfs built with busybox. In the guest it links the tree to
+  `/lib/modules/$(uname -r)`. Debian builds 9p and virtio_console as modules, so
+  without this the root cannot even be mounted. Because the catalog's layout and a
+  `path` kernel's may not match that walk, `stage_kernel` builds a tiny tree of
+  symlinks (`boot/vmlinuz-<release>`, `lib/modules/<release>`) in the workdir; an
+  empty `lib/modules` stops the walk from reaching the host's own modules.
+- `--force-9p`: bookworm's C virtiofsd does not speak vng's arguments.
+- `--disable-kvm` unless the accelerator is KVM; with KVM `-machine accel=kvm` is
+  added so QEMU cannot fall back to TCG silently (vng asks for `kvm:tcg`).
+- `--verbose`: with virtio_console as a module, virtme-ng-init cannot find its script
+  ports and runs the command on the serial console, visible only with --verbose. vng's
+  exit code (255) and stdout are therefore meaningless: results come back as files
+  in the workdir, exported with `--rwdir` (the guest mounts it at the same path; this
+  works under /tmp too, because the rwdir is mounted over vng's /tmp overlay).
+- `--user root`: the agent makes network namespaces and writes sysctls.
+- The guest sees the host's root read-only over 9p, so the host's python
+  (`sys.executable`, a pyenv path here) and the repository run in the guest as is.
+- `--exec` travels base64-encoded on the kernel command line (2 KiB on x86), so it
+  stays short: the cell list is a file.
+- vng has no timeout and QEMU outlives vng when killed alone: see `matrix.procs`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from matrix import accel as accel_mod
+from matrix import procs
+from matrix.errors import PrerequisiteError
+from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
+from matrix.runners import OnResult
+
+POLL_S = 0.5
+EXIT_GRACE_S = 20.0
+"""After agent.json appears the guest powers off by itself; this long at most."""
+
+TOOLS = {
+    "vng": "pip package virtme-ng",
+    "qemu-system-x86_64": "apt package qemu-system-x86",
+    "busybox": "apt package busybox-static",
+    "depmod": "apt package kmod",
+    "modprobe": "apt package kmod",
+}
+SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+GUEST_HIDDEN = ("/proc", "/sys", "/dev", "/run")
+
+
+def find_tool(name: str) -> str | None:
+    """A tool on PATH or in the sbin directories that a non-root PATH often lacks."""
+    if name == "vng":
+        beside = Path(sys.executable).parent / "vng"
+        if beside.is_file():
+            return str(beside)
+    found = shutil.which(name)
+    if found:
+        return found
+    return next((str(Path(d) / name) for d in SBIN_DIRS if (Path(d) / name).is_file()), None)
+
+
+def guest_python() -> str:
+    """The interpreter the guest runs: ours when the guest can see it, else the system's.
+
+    The guest mounts the host root over 9p, but has its own /proc, /sys, /dev and /run.
+    """
+    exe = Path(sys.executable).resolve()
+    if exe.is_file() and not any(exe.is_relative_to(d) for d in GUEST_HIDDEN):
+        return sys.executable
+    return "/usr/bin/python3"
+
+
+def is_bzimage(path: Path) -> bool:
+    """True when `path` has the x86 boot header: QEMU hangs forever on anything else."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0x202)
+            return f.read(4) == b"HdrS"
+    except OSError:
+        return False
+
+
+def stage_kernel(kernel: ResolvedKernel, dest: Path) -> Path:
+    """Lay out symlinks the way vng looks for a kernel and its modules; return the image."""
+    if kernel.vmlinuz is None:
+        raise PrerequisiteError(f"kernel {kernel.spec.name} has no vmlinuz to boot")
+    modules = dest / "lib" / "modules"
+    modules.mkdir(parents=True, exist_ok=True)
+    (dest / "boot").mkdir(exist_ok=True)
+    image = dest / "boot" / f"vmlinuz-{kernel.release}"
+    _symlink(Path(kernel.vmlinuz).resolve(), image)
+    if kernel.modules_dir is not None:
+        _symlink(Path(kernel.modules_dir).resolve(), modules / kernel.release)
+    return image
+
+
+def _symlink(target: Path, link: Path) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def accel_flags(accel: str) -> list[str]:
+    """vng flags that pin the accelerator, so the recorded one is the one used."""
+    if accel == "kvm":
+        return ["--qemu-opts=-machine accel=kvm"]
+    return ["--disable-kvm"]
+
+
+def vng_argv(
+    *, image: Path, accel: str, memory_mb: int, cpus: int, rwdirs: Iterable[Path], exec_cmd: str
+) -> list[str]:
+    """The full vng command line (see the module docstring for why each flag)."""
+    argv = [find_tool("vng") or "vng", "--run", str(image), "--force-9p", "--verbose"]
+    argv += ["--user", "root", "--memory", str(memory_mb), "--cpus", str(cpus)]
+    argv += [f"--rwdir={d}" for d in rwdirs]
+    argv += ["--exec", exec_cmd]
+    return argv + accel_flags(accel)
+
+
+def agent_command(repo_root: Path, workdir: Path, python: str | None = None) -> str:
+    """The shell command the guest runs: the agent on the batch's cell list."""
+    agent = repo_root / "collectors" / "agent.py"
+    parts = [python or guest_python(), str(agent), "--cells", str(workdir / "cells.json")]
+    parts += ["--out", str(workdir / "out")]
+    return shlex.join(parts)
+
+
+def batch_deadline_s(
+    cells: Sequence[Cell], boot_timeout_s: float, extra_per_cell_s: float
+) -> float:
+    """Boot, then each cell's own bound plus slack for a guest ~15x slower under TCG."""
+    per_cell = (c.limits.window_s + c.limits.stall_s + extra_per_cell_s for c in cells)
+    return boot_timeout_s + sum(per_cell)
+
+
+AGENT_START = re.compile(r"KMATRIX-AGENT-START\s+\S+")
+FATAL = (("Kernel panic", "kernel panic"), ("KVM: emulation failure", "KVM: emulation failure"))
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+TAIL_LINES = 60
+
+
+def clean_text(text: str) -> str:
+    """Drop terminal escapes and control characters (keeping newlines and tabs): the
+    console is guest output and ends up in a report."""
+    return CONTROL.sub("", text.replace("\r\n", "\n"))
+
+
+def console_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 65536) -> str:
+    """The last `lines` lines of the console, cleaned; "" when there is no console."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(clean_text(text).rstrip("\n").split("\n")[-lines:])
+
+
+class ConsoleWatch:
+    """Reads the console log as it grows and notes milestones and fatal signs in it."""
+
+    def __init__(self, path: Path, started: float) -> None:
+        self.path, self.started = path, started
+        self.offset, self.carry = 0, ""
+        self.boot_s: float | None = None
+        self.agent_started = self.kernel_spoke = False
+        self.problem = ""
+
+    def scan(self) -> None:
+        """Read what is new; a marker split across two reads is caught by the carry."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        text = self.carry + data.decode(errors="replace")
+        self.carry = text[-256:]
+        self.kernel_spoke = self.kernel_spoke or "Linux version" in text
+        if not self.agent_started and AGENT_START.search(text):
+            self.agent_started = True
+            self.boot_s = time.monotonic() - self.started
+        for needle, reason in FATAL:
+            if needle in text and not self.problem:
+                self.problem = reason
+
+    def last_line(self) -> str:
+        """The console's last line that is not our own header: usually QEMU's complaint."""
+        lines = [ln for ln in console_tail(self.path).split("\n") if ln.strip()]
+        lines = [ln for ln in lines if not ln.startswith("# kmatrix:")]
+        return lines[-1].strip()[:200] if lines else ""
+
+
+class ResultCollector:
+    """Picks up the agent's per-cell files as they appear and hands each on once."""
+
+    def __init__(self, out_dir: Path, ids: Sequence[str], on_result: OnResult) -> None:
+        self.out_dir, self.ids, self.on_result = out_dir, list(ids), on_result
+        self.results: dict[str, dict[str, Any]] = {}
+        self.malformed: list[str] = []
+        self.first_result_at: float | None = None
+
+    @property
+    def agent_done(self) -> bool:
+        return (self.out_dir / "agent.json").exists()
+
+    def poll(self, final: bool = False) -> None:
+        """Read new results; an unparsable file may be half-written until `final`."""
+        for cid in self.ids:
+            path = self.out_dir / f"{cid}.json"
+            if cid in self.results or not path.exists():
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                if not isinstance(doc, dict):
+                    raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+            except (OSError, ValueError) as exc:
+                if final:
+                    self.malformed.append(cid)
+                    self._take(cid, {"id": cid, "status": "malformed", "error": str(exc)})
+                continue
+            self._take(cid, doc)
+
+    def _take(self, cid: str, doc: dict[str, Any]) -> None:
+        if self.first_result_at is None:
+            self.first_result_at = time.monotonic()
+        self.results[cid] = doc
+        self.on_result(cid, doc)
+
+    def missing(self) -> list[str]:
+        return [cid for cid in self.ids if cid not in self.results]
+
+
+class VngRunner:
+    """Boots each batch's kernel once under virtme-ng and runs the guest agent in it."""
+
+    name = "vng"
+
+    def __init__(
+        self,
+        *,
+        repo_root: Path,
+        memory_mb: int = 2048,
+        cpus: int = 1,
+        accel: str = "auto",
+        boot_timeout_s: float = 120.0,
+        extra_per_cell_s: float = 30.0,
+    ) -> None:
+        if accel not in ("auto", "kvm", "tcg"):
+            raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
+        self.repo_root = Path(repo_root).resolve()
+        self.memory_mb, self.cpus, self.accel = memory_mb, cpus, accel
+        self.boot_timeout_s, self.extra_per_cell_s = boot_timeout_s, extra_per_cell_s
+
+    def check(self) -> None:
+        """Name every missing tool and the package that provides it, all at once."""
+        missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if find_tool(tool) is None]
+        if missing:
+            raise PrerequisiteError("vng runner needs: " + ", ".join(missing))
+
+    def choose_accelerator(self, kernel: ResolvedKernel) -> tuple[str, str]:
+        """('kvm' or 'tcg', why); with 'auto' a real boot decides (cached per kernel).
+
+        Returned rather than stored: batches of several kernels may run at once.
+        """
+        if self.accel != "auto":
+            return self.accel, f"accelerator {self.accel} was asked for"
+        ok, reason = accel_mod.probe_kvm(kernel)
+        return ("kvm" if ok else "tcg"), reason
+
+    def run_batch(
+        self, batch: Batch, workdir: Path, stop: threading.Event, on_result: OnResult
+    ) -> BatchOutcome:
+        """Boot once, run every cell, and leave no process behind whatever happens."""
+        started = time.monotonic()
+        workdir = Path(workdir).resolve()
+        console = workdir / "console.log"
+        collector = self._prepare(batch, workdir, on_result)
+        if batch.kernel.vmlinuz is None or not is_bzimage(Path(batch.kernel.vmlinuz)):
+            failure = f"not a bootable x86 kernel image: {batch.kernel.vmlinuz}"
+            console.write_text(failure + "\n")
+            return self._outcome(collector, "none", console, failure, None, started)
+        accel, why = self.choose_accelerator(batch.kernel)
+        argv = self._argv(batch.kernel, workdir, accel)
+        console.write_text(
+            f"# kmatrix: accelerator {accel} ({why})\n# kmatrix: {shlex.join(argv)}\n"
+        )
+        proc = procs.start_session(argv, console, cwd=workdir)
+        watch = ConsoleWatch(console, time.monotonic())
+        try:
+            failure = self._supervise(proc, batch, watch, collector, stop)
+        finally:
+            procs.kill_group(proc)
+            procs.kill_leftovers(str(workdir))
+        watch.scan()
+        collector.poll(final=True)
+        complete = not collector.missing() and not collector.malformed
+        failure = "" if complete else failure or self._missing_reason(collector, watch)
+        boot_s = watch.boot_s
+        if boot_s is None and collector.first_result_at is not None:
+            boot_s = collector.first_result_at - watch.started
+        return self._outcome(collector, accel, console, failure, boot_s, started)
+
+    def _prepare(self, batch: Batch, workdir: Path, on_result: OnResult) -> ResultCollector:
+        (workdir / "out").mkdir(parents=True, exist_ok=True)
+        cells = {"cells": [c.to_agent() for c in batch.cells]}
+        (workdir / "cells.json").write_text(json.dumps(cells, indent=1))
+        return ResultCollector(workdir / "out", [c.id for c in batch.cells], on_result)
+
+    def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
+        image = stage_kernel(kernel, workdir / "kernel")
+        cmd = agent_command(self.repo_root, workdir)
+        return vng_argv(
+            image=image,
+            accel=accel,
+            memory_mb=self.memory_mb,
+            cpus=self.cpus,
+            rwdirs=[workdir],
+            exec_cmd=cmd,
+        )
+
+    def _supervise(
+        self,
+        proc: subprocess.Popen,
+        batch: Batch,
+        watch: ConsoleWatch,
+        collector: ResultCollector,
+        stop: threading.Event,
+    ) -> str:
+        """Poll until done; return a failure reason, "" when the guest finished."""
+        total = batch_deadline_s(batch.cells, self.boot_timeout_s, self.extra_per_cell_s)
+        silent_s = min(30.0, self.boot_timeout_s)
+        done_at: float | None = None
+        while True:
+            watch.scan()
+            collector.poll()
+            now = time.monotonic() - watch.started
+            if stop.is_set():
+                return "interrupted"
+            if watch.problem:
+                return watch.problem
+            if collector.agent_done:
+                done_at = now if done_at is None else done_at
+                if proc.poll() is not None or now - done_at > EXIT_GRACE_S:
+                    return ""
+            elif proc.poll() is not None:
+                return ""
+            waiting = not watch.agent_started and not collector.results
+            if waiting and not watch.kernel_spoke and now > silent_s:
+                return f"the kernel printed nothing in {silent_s:g}s"
+            if waiting and now > self.boot_timeout_s:
+                return f"boot deadline ({self.boot_timeout_s:g}s) passed before the agent started"
+            if now > total:
+                n, k = len(batch.cells), len(collector.results)
+                return f"batch deadline ({total:g}s) passed with results for {k} of {n} cells"
+            stop.wait(POLL_S)
+
+    @staticmethod
+    def _missing_reason(collector: ResultCollector, watch: ConsoleWatch) -> str:
+        missing, bad = collector.missing(), collector.malformed
+        if not watch.agent_started and not collector.results:
+            return f"VM exited before the agent started: {watch.last_line() or 'no output'}"
+        reason = f"agent exited without results for {len(missing) + len(bad)} cells"
+        return reason + (f" ({len(bad)} malformed)" if bad else "")
+
+    def _outcome(
+        self,
+        collector: ResultCollector,
+        accel: str,
+        console: Path,
+        failure: str,
+        boot_s: float | None,
+        started: float,
+    ) -> BatchOutcome:
+        return BatchOutcome(
+            results=dict(collector.results),
+            runner=self.name,
+            accelerator=accel,
+            host=socket.gethostname(),
+            console_log=console,
+            console_tail=console_tail(console),
+            failure=failure,
+            boot_s=boot_s,
+            wall_s=time.monotonic() - started,
+        )

@@ -1,0 +1,322 @@
+"""The guest collectors on this machine's kernel: real namespaces, real sysctls, real loops.
+
+Each cell runs in its own network namespace, so these tests never change the host's
+sysctls; the last test checks that.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+COLLECTORS = Path(__file__).resolve().parents[2] / "collectors"
+AGENT = COLLECTORS / "agent.py"
+HOST_KEYS = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_max_tw_buckets",
+             "net.ipv4.ip_local_port_range")
+SMALL_RANGE = "40000 40999"  # 1000 ports: 2B runs out of them in well under a second
+FULL_RANGE = "32768 60999"
+TW_SEED = {"net.ipv4.tcp_max_tw_buckets": "65535", "net.ipv4.tcp_tw_reuse": "0"}
+
+
+def _read_host(key: str) -> str:
+    return " ".join(Path("/proc/sys", *key.split(".")).read_text().split())
+
+
+HOST_BEFORE = {k: _read_host(k) for k in HOST_KEYS}
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0,
+                       reason="needs root: the agent unshares network namespaces and "
+                              "writes sysctls"),
+]
+
+
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"collector_{name}", COLLECTORS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+agent = _load("agent")
+puzzle2 = _load("puzzle2")
+
+
+def cell(cell_id: str, scenario: str, sysctls: dict[str, str] | None = None,
+         window_s: float = 5.0, cap: int = 1_000_000) -> dict[str, Any]:
+    return {"id": cell_id, "scenario": scenario, "sysctls": sysctls or {}, "trial": 0,
+            "window_s": window_s, "iteration_cap": cap, "stall_s": 3.0, "sample_s": 0.25}
+
+
+def run_agent(out: Path, cells: list, python: str = sys.executable) -> dict[str, Any]:
+    """Run the agent as the runners do; check its protocol; return results by cell id."""
+    out.mkdir(parents=True, exist_ok=True)
+    cells_file = out.parent / f"{out.name}-cells.json"
+    cells_file.write_text(json.dumps({"cells": cells}))
+    proc = subprocess.run([python, str(AGENT), "--cells", str(cells_file), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("KMATRIX-AGENT-START ")
+    assert lines[-1] == f"KMATRIX-AGENT-DONE {len(cells)}"
+    summary = json.loads((out / "agent.json").read_text())
+    assert summary["host_sysctl_changed"] == []
+    assert summary["cells_total"] == summary["cells_done"] == len(cells)
+    results = {c["id"]: json.loads((out / f"{c['id']}.json").read_text()) for c in cells}
+    for c in cells:
+        doc = results[c["id"]]
+        progress = {f"KMATRIX-CELL {c['id']} {word} {c['scenario']}"
+                    for word in (doc["status"], "skipped")}
+        assert progress & set(lines), lines
+        assert doc["schema"] == 1 and doc["cell_id"] == c["id"]
+        assert doc["netns"]["inode"] != doc["netns"]["parent_inode"]
+    return results
+
+
+def half_rates(doc: dict[str, Any]) -> tuple:
+    """Connections per second in the first and the second half of the loop's run."""
+    live = [s for s in doc["series"] if s["state"] != "Z"]
+    end = live[-1]
+    mid = min(live, key=lambda s: abs(s["t"] - end["t"] / 2))
+    return (mid["iterations"] / mid["t"],
+            (end["iterations"] - mid["iterations"]) / (end["t"] - mid["t"]))
+
+
+@pytest.fixture(scope="module")
+def puzzle1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("p1") / "out"
+    return run_agent(out, [cell("p1a", "1A"), cell("p1b", "1B")])
+
+
+@pytest.fixture(scope="module")
+def puzzle2_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    small = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": SMALL_RANGE})
+    reuse = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": FULL_RANGE,
+                             "net.ipv4.tcp_tw_reuse": "1"})
+    out = tmp_path_factory.mktemp("p2") / "out"
+    return run_agent(out, [cell("a_small", "2A", small), cell("b_small", "2B", small),
+                           cell("b_reuse", "2B", reuse)])
+
+
+def test_pollout_stops_sender_at_two_thirds_of_what_eagain_allows(puzzle1: dict) -> None:
+    a, b = puzzle1["p1a"], puzzle1["p1b"]
+    assert a["status"] == b["status"] == "ok"
+    assert a["metrics"]["ended_by"] == "eagain"
+    assert b["metrics"]["ended_by"] == "pollout"
+    assert a["series"] == b["series"] == []
+    bytes_a, bytes_b = a["metrics"]["bytes_queued"], b["metrics"]["bytes_queued"]
+    assert 0 < bytes_b < bytes_a
+    assert 0.5 < bytes_b / bytes_a < 0.85, (bytes_a, bytes_b)
+    for doc in (a, b):
+        m = doc["metrics"]
+        assert m["outq"] is not None and 0 < m["outq"] <= m["bytes_queued"]
+        assert m["sndbuf_before"] > 0 and m["tcp_wmem"]
+
+
+def test_2a_keeps_its_rate_when_ports_are_few(puzzle2_runs: dict) -> None:
+    doc = puzzle2_runs["a_small"]
+    assert doc["status"] == "ok" and doc["error"] is None
+    assert doc["sysctls"]["problems"] == []
+    assert doc["sysctls"]["read_back"]["net.ipv4.ip_local_port_range"] == SMALL_RANGE
+    m = doc["metrics"]
+    assert m["ended_by"] == "window"
+    assert m["iterations"] > 10 * 1000  # many times the port range: ports are reused
+    early, late = half_rates(doc)
+    assert late >= 0.5 * early, (early, late)
+    assert m["latency_us"]["count"] == m["iterations"]
+    assert doc["evidence"]["final"]["state"] == m["final_state"]
+
+
+def test_2b_collapses_or_fails_when_ports_are_few(puzzle2_runs: dict) -> None:
+    doc = puzzle2_runs["b_small"]
+    assert doc["status"] == "ok"
+    m = doc["metrics"]
+    assert m["tw_max"] >= min(m["iterations"], 1000) * 0.9
+    if m["ended_by"] == "error":
+        assert doc["error"]["name"] == "EADDRNOTAVAIL"
+        assert doc["error"]["phase"] == "connect"
+        assert doc["error"]["iteration"] <= 1000
+        assert m["iterations"] == doc["error"]["iteration"]
+    else:
+        early, late = half_rates(doc)
+        assert late < 0.1 * early, (early, late)
+
+
+def test_2b_keeps_going_with_tw_reuse(puzzle2_runs: dict) -> None:
+    doc = puzzle2_runs["b_reuse"]
+    assert doc["status"] == "ok" and doc["error"] is None
+    m = doc["metrics"]
+    assert m["ended_by"] == "window"
+    assert m["nstat"]["TcpExtTWRecycled"] > 0
+    early, late = half_rates(doc)
+    assert late >= 0.3 * early, (early, late)
+
+
+def test_sysctl_that_is_missing_or_rejected_stops_the_cell(tmp_path: Path) -> None:
+    results = run_agent(tmp_path / "out", [
+        cell("missing", "2B", {"net.ipv4.does_not_exist": "1"}),
+        cell("rejected", "2B", {"net.ipv4.tcp_tw_reuse": "7"}),
+    ])
+    for cell_id, allowed in (("missing", {"missing"}), ("rejected", {"write_failed", "mismatch"})):
+        doc = results[cell_id]
+        assert doc["status"] == "setup_failed"
+        assert doc["metrics"] == {} and doc["series"] == []
+        [problem] = doc["sysctls"]["problems"]
+        assert problem["problem"] in allowed, problem
+    assert results["missing"]["sysctls"]["read_back"] == {"net.ipv4.does_not_exist": None}
+
+
+def test_resume_skips_a_cell_that_has_a_result(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    kept = agent.new_result(cell("done", "1A"), 0, 1.0)
+    kept.update(status="ok", status_detail="from an earlier run")
+    (out / "done.json").write_text(json.dumps(kept))
+    results = run_agent(out, [cell("done", "1A"), cell("fresh", "1B")])
+    assert results["done"] == kept
+    assert results["fresh"]["status"] == "ok"
+    assert json.loads((out / "agent.json").read_text())["cells_skipped"] == 1
+
+
+def _stub_cell(tmp_path: Path, run: Callable, window_s: float = 1.0) -> dict[str, Any]:
+    """Run one cell through the agent's real fork/namespace/deadline path with a stub puzzle."""
+    c = cell("stub", "1A", window_s=window_s)
+    c["stall_s"] = 0.0
+    status = agent.execute(c, types.SimpleNamespace(run=run), agent.netns_inode(), tmp_path)
+    doc = json.loads((tmp_path / "stub.json").read_text())
+    assert doc["status"] == status
+    return doc
+
+
+def _killed(cell: dict, log: Callable) -> dict:
+    log("about to die")
+    os.kill(os.getpid(), signal.SIGKILL)
+    return {}
+
+
+def _raise(cell: dict, log: Callable) -> dict:
+    raise RuntimeError("puzzle exploded")
+
+
+def test_child_that_dies_is_reported_as_crashed(tmp_path: Path) -> None:
+    doc = _stub_cell(tmp_path, _killed)
+    assert doc["status"] == "crashed"
+    assert "signal 9" in doc["status_detail"]
+    assert "about to die" in doc["log_tail"]
+    doc = _stub_cell(tmp_path, _raise)
+    assert doc["status"] == "crashed" and "puzzle exploded" in doc["log_tail"]
+
+
+def test_child_past_its_deadline_is_killed(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent, "DEADLINE_SLACK_S", 0.5)
+    began = time.monotonic()
+    doc = _stub_cell(tmp_path, lambda cell, log: time.sleep(60), window_s=0.5)
+    assert doc["status"] == "timeout"
+    assert time.monotonic() - began < 10
+
+
+def _sleeper() -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    return pid
+
+
+@pytest.mark.parametrize(("window_s", "stall_s", "expected"),
+                         [(30.0, 1.0, "stall"), (0.5, 30.0, "window")])
+def test_monitor_kills_a_loop_that_stops(window_s: float, stall_s: float,
+                                         expected: str) -> None:
+    shared = puzzle2.Shared(16)
+    watched = puzzle2.monitor(_sleeper(), shared, window_s, stall_s, 0.1)
+    assert watched["killed_for"] == expected
+    assert os.WIFSIGNALED(watched["status"])
+    assert watched["final"]["state"] == "S"
+    if expected == "stall":
+        stall = watched["stall"]
+        assert stall["iterations"] == 0 and stall["state"] == "S"
+        assert stall["t"] >= stall_s
+        assert stall["stack"] and stall["syscall"]
+
+
+def _in_fresh_netns(fn: Callable[[], Any]) -> Any:
+    """fn's JSON-able result, computed in a forked child that has unshared its netns."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        try:
+            agent.unshare_net()
+            payload = {"value": fn()}
+        except BaseException:
+            payload = {"exception": traceback.format_exc()}
+        with os.fdopen(write_end, "w") as f:
+            json.dump(payload, f)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        payload = json.load(f)
+    os.waitpid(pid, 0)
+    assert "exception" not in payload, payload.get("exception")
+    return payload["value"]
+
+
+def test_leak_check_puts_back_a_changed_sysctl() -> None:
+    key = "net.ipv4.tcp_tw_reuse"
+
+    def leak() -> dict:
+        agent.write_sysctl(key, "2")
+        baseline = agent.host_baseline([{"sysctls": {key: "0", "net.ipv4.nope": "1"}}])
+        agent.write_sysctl(key, "1")
+        return {"baseline": baseline, "changes": agent.host_changes(baseline, "c1"),
+                "now": agent.read_sysctl(key)}
+
+    got = _in_fresh_netns(leak)
+    assert got["baseline"] == {key: "2"}
+    assert got["changes"] == [{"cell_id": "c1", "key": key, "before": "2", "after": "1",
+                               "restored": True}]
+    assert got["now"] == "2"
+
+
+def test_agent_refuses_to_run_without_root(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent.os, "geteuid", lambda: 1000)
+    assert agent.main(["--cells", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 3
+
+
+def _python38() -> str | None:
+    for candidate in (os.environ.get("KMATRIX_PYTHON38"), shutil.which("python3.8")):
+        if candidate and subprocess.run(
+                [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 8)"],
+                capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(_python38() is None, reason="no working python3.8 (set KMATRIX_PYTHON38)")
+def test_agent_runs_on_python38(tmp_path: Path) -> None:
+    results = run_agent(tmp_path / "out", [cell("old", "1B"), cell("old2", "2B", window_s=1)],
+                        python=_python38())
+    assert results["old"]["python"].startswith("3.8")
+    assert results["old2"]["metrics"]["iterations"] > 0
+
+
+def test_host_namespace_sysctls_are_unchanged() -> None:
+    assert {k: _read_host(k) for k in HOST_KEYS} == HOST_BEFORE
