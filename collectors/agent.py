@@ -95,7 +95,8 @@ def write_atomic(path: Path, doc: dict[str, Any]) -> None:
 def load_puzzle(name: str) -> Any:
     """Import a sibling puzzle module by path, so the agent runs as a plain file anywhere."""
     spec = importlib.util.spec_from_file_location(
-        f"kmatrix_{name}", Path(__file__).resolve().with_name(f"{name}.py"))
+        f"kmatrix_{name}", Path(__file__).resolve().with_name(f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -121,16 +122,28 @@ def load_cells(path: str) -> list:
 def new_result(cell: dict[str, Any], parent_inode: int, started_at: float) -> dict[str, Any]:
     """A result with every key present; each path through a cell fills in its part."""
     return {
-        "schema": SCHEMA, "cell_id": cell["id"], "scenario": cell["scenario"],
-        "trial": cell["trial"], "kernel_release": platform.release(),
-        "python": platform.python_version(), "started_at": started_at, "ended_at": None,
-        "status": "crashed", "status_detail": "",
+        "schema": SCHEMA,
+        "cell_id": cell["id"],
+        "scenario": cell["scenario"],
+        "trial": cell["trial"],
+        "kernel_release": platform.release(),
+        "python": platform.python_version(),
+        "started_at": started_at,
+        "ended_at": None,
+        "status": "crashed",
+        "status_detail": "",
         "netns": {"inode": None, "parent_inode": parent_inode},
-        "sysctls": {"requested": dict(cell["sysctls"]),
-                    "read_back": {k: None for k in cell["sysctls"]}, "problems": []},
+        "sysctls": {
+            "requested": dict(cell["sysctls"]),
+            "read_back": {k: None for k in cell["sysctls"]},
+            "problems": [],
+        },
         "limits": {k: cell[k] for k in LIMIT_KEYS},
-        "metrics": {}, "series": [], "evidence": {"stall": None, "final": None},
-        "error": None, "log_tail": "",
+        "metrics": {},
+        "series": [],
+        "evidence": {"stall": None, "final": None},
+        "error": None,
+        "log_tail": "",
     }
 
 
@@ -153,17 +166,26 @@ def loopback_up() -> None:
 def apply_sysctl(key: str, value: str) -> tuple:
     """Write one sysctl and read it back; returns (read_back, problem or None)."""
     if not os.path.exists(sysctl_path(key)):
-        return None, {"key": key, "problem": "missing",
-                      "detail": f"{sysctl_path(key)} does not exist"}
+        return None, {
+            "key": key,
+            "problem": "missing",
+            "detail": f"{sysctl_path(key)} does not exist",
+        }
     try:
         write_sysctl(key, value)
     except OSError as e:
-        return read_sysctl(key), {"key": key, "problem": "write_failed",
-                                  "detail": f"{e.strerror or e} writing {value!r}"}
+        return read_sysctl(key), {
+            "key": key,
+            "problem": "write_failed",
+            "detail": f"{e.strerror or e} writing {value!r}",
+        }
     got = read_sysctl(key)
     if got != normalise(value):
-        return got, {"key": key, "problem": "mismatch",
-                     "detail": f"wrote {value!r}, read back {got!r}"}
+        return got, {
+            "key": key,
+            "problem": "mismatch",
+            "detail": f"wrote {value!r}, read back {got!r}",
+        }
     return got, None
 
 
@@ -196,7 +218,8 @@ def setup_namespace(result: dict[str, Any], log: Callable[[str], None]) -> bool:
     if problems:
         result["status"] = "setup_failed"
         result["status_detail"] = "sysctl problems: " + ", ".join(
-            f"{p['key']} {p['problem']}" for p in problems)
+            f"{p['key']} {p['problem']}" for p in problems
+        )
         return False
     return True
 
@@ -236,8 +259,9 @@ def valid_result(path: Path, cell_id: str) -> dict[str, Any] | None:
     return doc if ok else None
 
 
-def fork_cell(cell: dict[str, Any], puzzle: Any, result: dict[str, Any], out: Path,
-              stderr: IO[bytes]) -> int:
+def fork_cell(
+    cell: dict[str, Any], puzzle: Any, result: dict[str, Any], out: Path, stderr: IO[bytes]
+) -> int:
     """Fork the cell's child in its own process group, stdout and stderr to `stderr`."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -305,8 +329,10 @@ def execute(cell: dict[str, Any], puzzle: Any, parent_inode: int, out: Path) -> 
             return written["status"]
         if status is None:
             os.waitpid(pid, 0)
-            result.update(status="timeout",
-                          status_detail=f"no result within {budget:.0f} s; process group killed")
+            result.update(
+                status="timeout",
+                status_detail=f"no result within {budget:.0f} s; process group killed",
+            )
         else:
             result["status_detail"] = f"ended without a valid result: {describe_status(status)}"
         stderr.seek(0)
@@ -335,8 +361,9 @@ def host_changes(baseline: dict[str, str], cell_id: str) -> list:
             restored = read_sysctl(key) == before
         except OSError:
             restored = False
-        changes.append({"cell_id": cell_id, "key": key, "before": before, "after": after,
-                        "restored": restored})
+        changes.append(
+            {"cell_id": cell_id, "key": key, "before": before, "after": after, "restored": restored}
+        )
     return changes
 
 
@@ -384,11 +411,19 @@ def main(argv: list | None = None) -> int:
     emit("KMATRIX-AGENT-START", platform.release())
     skipped, changed = run_batch(cells, out)
     done = sum(1 for c in cells if valid_result(out / f"{c['id']}.json", c["id"]))
-    write_atomic(out / "agent.json", {
-        "kernel_release": platform.release(), "python": platform.python_version(),
-        "started_at": started, "ended_at": time.time(), "cells_total": len(cells),
-        "cells_done": done, "cells_skipped": skipped, "host_sysctl_changed": changed,
-    })
+    write_atomic(
+        out / "agent.json",
+        {
+            "kernel_release": platform.release(),
+            "python": platform.python_version(),
+            "started_at": started,
+            "ended_at": time.time(),
+            "cells_total": len(cells),
+            "cells_done": done,
+            "cells_skipped": skipped,
+            "host_sysctl_changed": changed,
+        },
+    )
     emit("KMATRIX-AGENT-DONE", done)
     return EXIT_HOST_CHANGED if changed else 0
 

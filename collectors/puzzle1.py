@@ -87,25 +87,30 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     server, client, accepted = _connected_pair()
     try:
         sndbuf = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        filled = _fill(accepted, cell["scenario"], int(cell["iteration_cap"]),
-                       float(cell["window_s"]))
+        filled = _fill(
+            accepted, cell["scenario"], int(cell["iteration_cap"]), float(cell["window_s"])
+        )
         time.sleep(SETTLE_S)
         metrics = dict(filled)
-        metrics.update({
-            "sndbuf_before": sndbuf,
-            "sndbuf_after": accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-            "outq": _ioctl_int(accepted, SIOCOUTQ),
-            "outq_nsd": _ioctl_int(accepted, SIOCOUTQNSD),
-            "recv_inq": _ioctl_int(client, SIOCINQ),
-            "tcp_wmem": _read_sysctl("net.ipv4.tcp_wmem"),
-            "tcp_notsent_lowat": _read_sysctl("net.ipv4.tcp_notsent_lowat"),
-            "settle_s": SETTLE_S,
-        })
+        metrics.update(
+            {
+                "sndbuf_before": sndbuf,
+                "sndbuf_after": accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                "outq": _ioctl_int(accepted, SIOCOUTQ),
+                "outq_nsd": _ioctl_int(accepted, SIOCOUTQNSD),
+                "recv_inq": _ioctl_int(client, SIOCINQ),
+                "tcp_wmem": _read_sysctl("net.ipv4.tcp_wmem"),
+                "tcp_notsent_lowat": _read_sysctl("net.ipv4.tcp_notsent_lowat"),
+                "settle_s": SETTLE_S,
+            }
+        )
     finally:
         for sock in (accepted, client, server):
             sock.close()
-    log(f"{cell['scenario']}: {metrics['bytes_queued']} bytes in {metrics['sends']} sends,"
-        f" ended by {metrics['ended_by']}")
+    log(
+        f"{cell['scenario']}: {metrics['bytes_queued']} bytes in {metrics['sends']} sends,"
+        f" ended by {metrics['ended_by']}"
+    )
     return {
         "metrics": metrics,
         "series": [],

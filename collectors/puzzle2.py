@@ -29,8 +29,14 @@ ENDED_BY = {CAP: "cap", WINDOW: "window", ERROR: "error"}
 HEADER = struct.Struct("<qqqqqd")
 HEADER_SIZE = 64
 WINDOW_GRACE_S = 1.0  # the loop checks the window itself; the monitor kills it after this
-NSTAT_KEYS = ("TcpExtTW", "TcpExtTWRecycled", "TcpExtTWKilled", "TcpExtTCPTimeWaitOverflow",
-              "TcpActiveOpens", "TcpExtListenOverflows")
+NSTAT_KEYS = (
+    "TcpExtTW",
+    "TcpExtTWRecycled",
+    "TcpExtTWKilled",
+    "TcpExtTCPTimeWaitOverflow",
+    "TcpActiveOpens",
+    "TcpExtListenOverflows",
+)
 
 
 class Shared:
@@ -114,7 +120,7 @@ def _read(path: str) -> str:
 def _proc_stat(pid: int) -> tuple:
     """(state, utime s, stime s) from /proc/PID/stat; (None, None, None) if unreadable."""
     text = _read(f"/proc/{pid}/stat")
-    fields = text[text.rfind(")") + 2:].split()
+    fields = text[text.rfind(")") + 2 :].split()
     if text.startswith("error:") or len(fields) < 13:
         return None, None, None
     tick = os.sysconf("SC_CLK_TCK")
@@ -167,8 +173,7 @@ def percentiles(values: list) -> dict[str, Any]:
     def rank(q: float) -> float | None:
         return round(ordered[min(n - 1, math.ceil(q * n) - 1)], 1) if n else None
 
-    return {"count": n, "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99),
-            "max": rank(1.0)}
+    return {"count": n, "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": rank(1.0)}
 
 
 class Watch:
@@ -190,11 +195,19 @@ class Watch:
         summary = percentiles(self.shared.latencies(self.seen, iterations))
         state, utime, stime = _proc_stat(self.pid)
         wchan = _wchan(self.pid)
-        self.series.append({
-            "t": round(now - self.t0, 3), "iterations": iterations, "tw": _sockstat_tw(),
-            "state": state, "utime": utime, "stime": stime, "wchan": wchan,
-            "lat_p50_us": summary["p50"], "lat_max_us": summary["max"],
-        })
+        self.series.append(
+            {
+                "t": round(now - self.t0, 3),
+                "iterations": iterations,
+                "tw": _sockstat_tw(),
+                "state": state,
+                "utime": utime,
+                "stime": stime,
+                "wchan": wchan,
+                "lat_p50_us": summary["p50"],
+                "lat_max_us": summary["max"],
+            }
+        )
         if iterations != self.seen:
             self.seen, self.progress_at = iterations, now
         if state not in (None, "Z", "X"):
@@ -234,8 +247,9 @@ def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
         time.sleep(max(0.0, min(0.05, next_tick - now)))
 
 
-def monitor(pid: int, shared: Shared, window_s: float, stall_s: float,
-            sample_s: float) -> dict[str, Any]:
+def monitor(
+    pid: int, shared: Shared, window_s: float, stall_s: float, sample_s: float
+) -> dict[str, Any]:
     """Watch the loop child `pid` to its end, kill it if needed, and reap it."""
     watch = Watch(pid, shared, stall_s)
     killed_for = _watch(watch, window_s, sample_s)
@@ -276,17 +290,29 @@ def _outcome(shared: Shared, watched: dict[str, Any]) -> tuple:
         if watched["killed_for"]:
             return watched["killed_for"], None, watched["elapsed_s"]
         status = watched["status"]
-        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else \
-            f"exit {os.WEXITSTATUS(status)}"
+        how = (
+            f"signal {os.WTERMSIG(status)}"
+            if os.WIFSIGNALED(status)
+            else f"exit {os.WEXITSTATUS(status)}"
+        )
         message = f"loop process ended without a result ({how})"
-        error = {"errno": None, "name": "loop_died", "message": message,
-                 "iteration": iterations, "phase": None}
+        error = {
+            "errno": None,
+            "name": "loop_died",
+            "message": message,
+            "iteration": iterations,
+            "phase": None,
+        }
         return "error", error, watched["elapsed_s"]
     if code != ERROR:
         return ENDED_BY[code], None, elapsed
-    error = {"errno": err, "name": errno.errorcode.get(err, str(err)),
-             "message": os.strerror(err), "iteration": err_iteration,
-             "phase": PHASES[err_phase]}
+    error = {
+        "errno": err,
+        "name": errno.errorcode.get(err, str(err)),
+        "message": os.strerror(err),
+        "iteration": err_iteration,
+        "phase": PHASES[err_phase],
+    }
     return "error", error, elapsed
 
 
@@ -306,17 +332,23 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     iterations = shared.iterations()
     final = watched["final"]
     metrics = {
-        "iterations": iterations, "elapsed_s": round(elapsed, 3), "ended_by": ended_by,
+        "iterations": iterations,
+        "elapsed_s": round(elapsed, 3),
+        "ended_by": ended_by,
         "latency_us": percentiles(shared.latencies(0, iterations)),
-        "tw_max": max((s["tw"] for s in watched["series"] if s["tw"] is not None),
-                      default=None),
+        "tw_max": max((s["tw"] for s in watched["series"] if s["tw"] is not None), default=None),
         "nstat": _deltas(before, read_nstat()),
-        "utime_s": watched["utime_s"], "stime_s": watched["stime_s"],
+        "utime_s": watched["utime_s"],
+        "stime_s": watched["stime_s"],
         "final_state": final["state"] if final else None,
     }
     shared.mem.close()
     detail = f"ended_by={ended_by} iterations={iterations} elapsed_s={metrics['elapsed_s']}"
     log(f"{cell['scenario']}: {detail}" + (f" error={error['name']}" if error else ""))
-    return {"metrics": metrics, "series": watched["series"],
-            "evidence": {"stall": watched["stall"], "final": final},
-            "error": error, "status_detail": detail}
+    return {
+        "metrics": metrics,
+        "series": watched["series"],
+        "evidence": {"stall": watched["stall"], "final": final},
+        "error": error,
+        "status_detail": detail,
+    }

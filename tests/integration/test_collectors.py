@@ -24,8 +24,7 @@ import pytest
 
 COLLECTORS = Path(__file__).resolve().parents[2] / "collectors"
 AGENT = COLLECTORS / "agent.py"
-HOST_KEYS = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_max_tw_buckets",
-             "net.ipv4.ip_local_port_range")
+HOST_KEYS = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_max_tw_buckets", "net.ipv4.ip_local_port_range")
 SMALL_RANGE = "40000 40999"  # 1000 ports: 2B runs out of them in well under a second
 FULL_RANGE = "32768 60999"
 TW_SEED = {"net.ipv4.tcp_max_tw_buckets": "65535", "net.ipv4.tcp_tw_reuse": "0"}
@@ -39,9 +38,10 @@ HOST_BEFORE = {k: _read_host(k) for k in HOST_KEYS}
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(os.geteuid() != 0,
-                       reason="needs root: the agent unshares network namespaces and "
-                              "writes sysctls"),
+    pytest.mark.skipif(
+        os.geteuid() != 0,
+        reason="needs root: the agent unshares network namespaces and writes sysctls",
+    ),
 ]
 
 
@@ -56,10 +56,23 @@ agent = _load("agent")
 puzzle2 = _load("puzzle2")
 
 
-def cell(cell_id: str, scenario: str, sysctls: dict[str, str] | None = None,
-         window_s: float = 5.0, cap: int = 1_000_000) -> dict[str, Any]:
-    return {"id": cell_id, "scenario": scenario, "sysctls": sysctls or {}, "trial": 0,
-            "window_s": window_s, "iteration_cap": cap, "stall_s": 3.0, "sample_s": 0.25}
+def cell(
+    cell_id: str,
+    scenario: str,
+    sysctls: dict[str, str] | None = None,
+    window_s: float = 5.0,
+    cap: int = 1_000_000,
+) -> dict[str, Any]:
+    return {
+        "id": cell_id,
+        "scenario": scenario,
+        "sysctls": sysctls or {},
+        "trial": 0,
+        "window_s": window_s,
+        "iteration_cap": cap,
+        "stall_s": 3.0,
+        "sample_s": 0.25,
+    }
 
 
 def run_agent(out: Path, cells: list, python: str = sys.executable) -> dict[str, Any]:
@@ -67,8 +80,12 @@ def run_agent(out: Path, cells: list, python: str = sys.executable) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     cells_file = out.parent / f"{out.name}-cells.json"
     cells_file.write_text(json.dumps({"cells": cells}))
-    proc = subprocess.run([python, str(AGENT), "--cells", str(cells_file), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [python, str(AGENT), "--cells", str(cells_file), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("KMATRIX-AGENT-START ")
@@ -79,8 +96,9 @@ def run_agent(out: Path, cells: list, python: str = sys.executable) -> dict[str,
     results = {c["id"]: json.loads((out / f"{c['id']}.json").read_text()) for c in cells}
     for c in cells:
         doc = results[c["id"]]
-        progress = {f"KMATRIX-CELL {c['id']} {word} {c['scenario']}"
-                    for word in (doc["status"], "skipped")}
+        progress = {
+            f"KMATRIX-CELL {c['id']} {word} {c['scenario']}" for word in (doc["status"], "skipped")
+        }
         assert progress & set(lines), lines
         assert doc["schema"] == 1 and doc["cell_id"] == c["id"]
         assert doc["netns"]["inode"] != doc["netns"]["parent_inode"]
@@ -92,8 +110,10 @@ def half_rates(doc: dict[str, Any]) -> tuple:
     live = [s for s in doc["series"] if s["state"] != "Z"]
     end = live[-1]
     mid = min(live, key=lambda s: abs(s["t"] - end["t"] / 2))
-    return (mid["iterations"] / mid["t"],
-            (end["iterations"] - mid["iterations"]) / (end["t"] - mid["t"]))
+    return (
+        mid["iterations"] / mid["t"],
+        (end["iterations"] - mid["iterations"]) / (end["t"] - mid["t"]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +125,14 @@ def puzzle1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def puzzle2_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     small = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": SMALL_RANGE})
-    reuse = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": FULL_RANGE,
-                             "net.ipv4.tcp_tw_reuse": "1"})
+    reuse = dict(
+        TW_SEED, **{"net.ipv4.ip_local_port_range": FULL_RANGE, "net.ipv4.tcp_tw_reuse": "1"}
+    )
     out = tmp_path_factory.mktemp("p2") / "out"
-    return run_agent(out, [cell("a_small", "2A", small), cell("b_small", "2B", small),
-                           cell("b_reuse", "2B", reuse)])
+    return run_agent(
+        out,
+        [cell("a_small", "2A", small), cell("b_small", "2B", small), cell("b_reuse", "2B", reuse)],
+    )
 
 
 def test_pollout_stops_sender_at_two_thirds_of_what_eagain_allows(puzzle1: dict) -> None:
@@ -167,10 +190,13 @@ def test_2b_keeps_going_with_tw_reuse(puzzle2_runs: dict) -> None:
 
 
 def test_sysctl_that_is_missing_or_rejected_stops_the_cell(tmp_path: Path) -> None:
-    results = run_agent(tmp_path / "out", [
-        cell("missing", "2B", {"net.ipv4.does_not_exist": "1"}),
-        cell("rejected", "2B", {"net.ipv4.tcp_tw_reuse": "7"}),
-    ])
+    results = run_agent(
+        tmp_path / "out",
+        [
+            cell("missing", "2B", {"net.ipv4.does_not_exist": "1"}),
+            cell("rejected", "2B", {"net.ipv4.tcp_tw_reuse": "7"}),
+        ],
+    )
     for cell_id, allowed in (("missing", {"missing"}), ("rejected", {"write_failed", "mismatch"})):
         doc = results[cell_id]
         assert doc["status"] == "setup_failed"
@@ -221,8 +247,7 @@ def test_child_that_dies_is_reported_as_crashed(tmp_path: Path) -> None:
     assert doc["status"] == "crashed" and "puzzle exploded" in doc["log_tail"]
 
 
-def test_child_past_its_deadline_is_killed(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_child_past_its_deadline_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent, "DEADLINE_SLACK_S", 0.5)
     began = time.monotonic()
     doc = _stub_cell(tmp_path, lambda cell, log: time.sleep(60), window_s=0.5)
@@ -240,10 +265,10 @@ def _sleeper() -> int:
     return pid
 
 
-@pytest.mark.parametrize(("window_s", "stall_s", "expected"),
-                         [(30.0, 1.0, "stall"), (0.5, 30.0, "window")])
-def test_monitor_kills_a_loop_that_stops(window_s: float, stall_s: float,
-                                         expected: str) -> None:
+@pytest.mark.parametrize(
+    ("window_s", "stall_s", "expected"), [(30.0, 1.0, "stall"), (0.5, 30.0, "window")]
+)
+def test_monitor_kills_a_loop_that_stops(window_s: float, stall_s: float, expected: str) -> None:
     shared = puzzle2.Shared(16)
     watched = puzzle2.monitor(_sleeper(), shared, window_s, stall_s, 0.1)
     assert watched["killed_for"] == expected
@@ -285,35 +310,44 @@ def test_leak_check_puts_back_a_changed_sysctl() -> None:
         agent.write_sysctl(key, "2")
         baseline = agent.host_baseline([{"sysctls": {key: "0", "net.ipv4.nope": "1"}}])
         agent.write_sysctl(key, "1")
-        return {"baseline": baseline, "changes": agent.host_changes(baseline, "c1"),
-                "now": agent.read_sysctl(key)}
+        return {
+            "baseline": baseline,
+            "changes": agent.host_changes(baseline, "c1"),
+            "now": agent.read_sysctl(key),
+        }
 
     got = _in_fresh_netns(leak)
     assert got["baseline"] == {key: "2"}
-    assert got["changes"] == [{"cell_id": "c1", "key": key, "before": "2", "after": "1",
-                               "restored": True}]
+    assert got["changes"] == [
+        {"cell_id": "c1", "key": key, "before": "2", "after": "1", "restored": True}
+    ]
     assert got["now"] == "2"
 
 
-def test_agent_refuses_to_run_without_root(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_refuses_to_run_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent.os, "geteuid", lambda: 1000)
     assert agent.main(["--cells", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 3
 
 
 def _python38() -> str | None:
     for candidate in (os.environ.get("KMATRIX_PYTHON38"), shutil.which("python3.8")):
-        if candidate and subprocess.run(
+        if (
+            candidate
+            and subprocess.run(
                 [candidate, "-c", "import sys; assert sys.version_info[:2] == (3, 8)"],
-                capture_output=True).returncode == 0:
+                capture_output=True,
+            ).returncode
+            == 0
+        ):
             return candidate
     return None
 
 
 @pytest.mark.skipif(_python38() is None, reason="no working python3.8 (set KMATRIX_PYTHON38)")
 def test_agent_runs_on_python38(tmp_path: Path) -> None:
-    results = run_agent(tmp_path / "out", [cell("old", "1B"), cell("old2", "2B", window_s=1)],
-                        python=_python38())
+    results = run_agent(
+        tmp_path / "out", [cell("old", "1B"), cell("old2", "2B", window_s=1)], python=_python38()
+    )
     assert results["old"]["python"].startswith("3.8")
     assert results["old2"]["metrics"]["iterations"] > 0
 
