@@ -58,8 +58,10 @@ def test_fetches_one_kernel_into_the_user_cache(mirrors: apt_sources.Mirrors) ->
     spec = KernelSpec("6.1", DebianSource("bookworm", "linux-image-6.1.0-*-amd64-unsigned"))
     started = time.monotonic()
     kernel = catalog.fetch(spec)
-    print(f"6.1: {kernel.release} {kernel.package_version} in {time.monotonic() - started:.1f} s "
-          f"at {kernel.vmlinuz}")
+    print(
+        f"6.1: {kernel.release} {kernel.package_version} in {time.monotonic() - started:.1f} s "
+        f"at {kernel.vmlinuz}"
+    )
     assert kernel.vmlinuz is not None and kernel.modules_dir is not None
     assert bzimage_release(kernel.vmlinuz) == kernel.release == kernel.modules_dir.name
     assert catalog.cached(spec) == kernel
