@@ -121,10 +121,12 @@ class RatePlotter:
             line.set_visible(stall_t is not None)
             if stall_t is not None:
                 line.set_xdata([stall_t, stall_t])
-        for ax in (self._rate_ax, self._tw_ax):
-            ax.relim(visible_only=True)
-            ax.autoscale_view()
-            ax.set_ylim(0, max(ax.get_ylim()[1], 1.0))
+        # Limits are set from this cell's data every time: the figure is reused, and
+        # autoscaling would otherwise stay frozen at the first cell's limits.
+        t_end = max([*rate_t, *tw_t, stall_t or 0.0, 1e-3])
+        self._tw_ax.set_xlim(0, t_end * 1.02)
+        for ax, values in ((self._rate_ax, rates), (self._tw_ax, tws)):
+            ax.set_ylim(0, max([*values, 1.0]) * 1.08)
         buf = io.StringIO()
         with matplotlib.rc_context(_RC):
             self._fig.savefig(buf, format="svg", metadata={"Date": None})

@@ -164,3 +164,17 @@ def test_interval_rates_skip_gaps_and_stalled_clocks() -> None:
         {"t": 2.5, "iterations": 25},
     ]
     assert interval_rates(series) == ([2.0, 2.5], [10.0, 0.0])
+
+
+def test_a_reused_plotter_rescales_to_each_cell() -> None:
+    from matrix.plots import RatePlotter
+
+    def series(rate: int, n: int = 10) -> list[dict]:
+        return [{"t": i * 0.5, "iterations": rate * i // 2, "tw": rate * i // 2} for i in range(n)]
+
+    plotter = RatePlotter()
+    plotter.svg(series(100))
+    plotter.svg(series(30000, n=40))
+    assert plotter._rate_ax.get_ylim()[1] >= 30000
+    assert plotter._tw_ax.get_ylim()[1] >= 30000 * 39 // 2
+    assert plotter._tw_ax.get_xlim()[1] >= 19.5
