@@ -2,7 +2,9 @@
 
 Exit codes:
   0   the run finished and every cell was measured (whatever the verdicts)
-  1   the run finished but some cells have no measurement (infra)
+  1   the run finished but some cells have no measurement (infra), or, with
+      `--fail-on-change`, a verdict differs from the previous comparable run
+      (`kmatrix diff --fail-on-change`: a verdict differs between the two runs)
   2   bad input: kernels.toml, an option, a run directory
   3   a prerequisite is missing (root, namespaces, qemu, vng, ...)
   4   a kernel could not be resolved, downloaded or verified (`kernels fetch`)
@@ -18,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matrix import __version__, config, job, plan, results, rundir
+from matrix import __version__, config, hosts, job, plan, results, rundir
 from matrix.errors import ConfigError, KmatrixError
 from matrix.model import Batch
 from matrix.progress import Display
@@ -66,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", type=Path)
     s.add_argument("--json", action="store_true", help="one JSON object per line per cell")
     s.set_defaults(func=cmd_results)
+    _history_parsers(sub)
     e = sub.add_parser("help-exit-codes", help="what each exit code means")
     e.set_defaults(func=lambda a, v: print(__doc__.split("Exit codes:")[1]) or 0)
     return p
@@ -87,7 +90,15 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--window", type=float, help="seconds, upper bound of a puzzle-2 cell")
     r.add_argument("--cap", type=int, help="iteration cap of a puzzle-2 cell")
     r.add_argument("--stall", type=float, help="seconds without progress that count as a hang")
-    r.add_argument("--jobs", type=int, help="VMs at once (default: fit the machine)")
+    r.add_argument(
+        "--jobs", type=int, help="VMs at once here (default: fit the machine; 0: only --hosts)"
+    )
+    r.add_argument(
+        "--hosts",
+        metavar="USER@HOST[:PORT],...",
+        help="SSH hosts that take batches too (replaces the config's [[host]] tables)",
+    )
+    r.add_argument("--host-capacity", type=int, default=1, help="batches at once per --hosts host")
     r.add_argument("--accel", choices=["auto", "kvm", "tcg"])
     r.add_argument("--out", type=Path, help="run directory (default: <runs_dir>/<run-id>)")
     r.add_argument(
@@ -97,7 +108,25 @@ def _run_parser(sub: Any) -> None:
         help="run only the cells of RUN_DIR that have no result",
     )
     r.add_argument("--no-report", action="store_true")
+    r.add_argument(
+        "--fail-on-change",
+        action="store_true",
+        help="exit 1 if a verdict differs from the previous comparable run",
+    )
     r.set_defaults(func=cmd_run)
+
+
+def _history_parsers(sub: Any) -> None:
+    x = sub.add_parser("export", help="a run's results as JUnit XML or JSON lines")
+    x.add_argument("run_dir", type=Path)
+    x.add_argument("--format", choices=["junit", "jsonl"], required=True)
+    x.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    x.set_defaults(func=cmd_export)
+    d = sub.add_parser("diff", help="what changed between two runs")
+    d.add_argument("run_a", type=Path, help="the earlier run directory")
+    d.add_argument("run_b", type=Path, help="the later run directory")
+    d.add_argument("--fail-on-change", action="store_true", help="exit 1 if a verdict changed")
+    d.set_defaults(func=cmd_diff)
 
 
 def _names(text: str) -> list[str]:
@@ -132,10 +161,14 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
     if overrides:
         cfg = replace(cfg, sweep=config.sweep_from("command line", "option", overrides, sw))
     settings = cfg.settings
+    if args.hosts:
+        cfg = replace(cfg, hosts=hosts.from_option(args.hosts, args.host_capacity, None))
     if args.jobs is not None:
-        if args.jobs < 1:
-            raise ConfigError("command line", "--jobs", f"{args.jobs}; expected an integer >= 1")
-        settings = replace(settings, jobs=args.jobs)
+        least = 0 if cfg.hosts else 1
+        if args.jobs < least:
+            expected = f"an integer >= {least}" + ("" if least else " (0 needs --hosts)")
+            raise ConfigError("command line", "--jobs", f"{args.jobs}; expected {expected}")
+        settings = replace(settings, jobs=args.jobs or settings.jobs)
     if args.accel:
         settings = replace(settings, accel=args.accel)
     return replace(cfg, settings=settings)
@@ -163,19 +196,50 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         run_dir = args.out or cfg.settings.runs_dir / rundir.new_run_id()
         job.start_run(run_dir, batches, cfg, argv)
     runner_for = runner_factory(cfg)
-    job.check_runners(batches, runner_for, failures)
+    jobs = 0 if args.jobs == 0 else job.auto_jobs(cfg)
+    if jobs:
+        job.check_runners(batches, runner_for, failures)
+    remotes = remote_machines(cfg, run_dir, batches)
     display.start(run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed})
     with display:
         interrupted = job.execute(
-            batches, runner_for, run_dir, job.auto_jobs(cfg), display.event, failures
+            batches, runner_for, run_dir, jobs, display.event, failures, remotes
         )
     rows = job.finish_run(run_dir, interrupted)
-    report = None if args.no_report else _render(run_dir, cfg.settings.reports_dir / run_dir.name)
+    reports = cfg.settings.reports_dir / run_dir.name
+    report = None if args.no_report else _render(run_dir, reports, cfg.settings.runs_dir)
     display.summary(rows, run_dir, report)
+    changed = args.fail_on_change and _verdicts_changed(run_dir, cfg.settings.runs_dir)
     if interrupted:
         print(f"kmatrix: interrupted; finish with: kmatrix run --resume {run_dir}", file=sys.stderr)
         return 130
-    return 1 if any(r["verdict"] == "infra" for r in rows) else 0
+    return 1 if changed or any(r["verdict"] == "infra" for r in rows) else 0
+
+
+def _verdicts_changed(run_dir: Path, runs_dir: Path) -> bool:
+    """--fail-on-change: print the diff against the previous comparable run; True if any."""
+    from matrix import history
+    from matrix.history_report import print_diff
+
+    runs = history.load_runs(runs_dir, run_dir.parent, run_dir)
+    current = history.summarize(run_dir)
+    prev = history.previous_comparable(runs, current)
+    if prev is None:
+        print("kmatrix: no previous comparable run; nothing to compare", file=sys.stderr)
+        return False
+    d = history.diff(prev, current)
+    print_diff(d)
+    return d.verdicts_changed
+
+
+def remote_machines(cfg: config.Config, run_dir: Path, batches: list[Batch]) -> list[Any]:
+    """The SSH hosts as scheduler machines, each checked before anything starts."""
+    if not cfg.hosts:
+        return []
+    from matrix.runners import remote
+
+    need_vm = any(b.kernel.spec.kind != "host" for b in batches)
+    return remote.machines(cfg.hosts, cfg.settings, run_dir.name, need_vm)
 
 
 def runner_factory(cfg: config.Config) -> Any:
@@ -194,7 +258,6 @@ def runner_factory(cfg: config.Config) -> Any:
 
             s = cfg.settings
             cache["vng"] = VngRunner(
-                repo_root=Path(__file__).resolve().parent.parent,
                 memory_mb=s.memory_mb,
                 cpus=s.cpus,
                 accel=s.accel,
@@ -206,17 +269,49 @@ def runner_factory(cfg: config.Config) -> Any:
     return runner_for
 
 
-def _render(run_dir: Path, out: Path) -> Path:
+def _render(run_dir: Path, out: Path, runs_dir: Path | None = None) -> Path:
+    """The run's report, its diff page, and the index of all runs next to it."""
+    from matrix.history_report import render_history
     from matrix.report import render_report
 
-    return render_report(results.load_run(run_dir), out)
+    index = render_report(results.load_run(run_dir), out)
+    render_history(run_dir, out, [run_dir.parent] + ([runs_dir] if runs_dir else []))
+    return index
 
 
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = config.load(args.config) if args.out is None else None
     out = args.out or cfg.settings.reports_dir / args.run_dir.name  # type: ignore[union-attr]
-    print(_render(args.run_dir, out))
+    print(_render(args.run_dir, out, cfg.settings.runs_dir if cfg else None))
     return 0
+
+
+def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
+    from matrix import exports
+
+    rows = results.load_run(args.run_dir).table.to_dict(orient="records")
+    if args.format == "junit":
+        text = exports.junit_xml(rows, args.run_dir.resolve().name)
+    else:
+        text = exports.jsonl(rows)
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise KmatrixError(f"{args.output}: cannot write ({e.strerror})") from None
+    print(args.output, file=sys.stderr)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
+    from matrix import history
+    from matrix.history_report import print_diff
+
+    d = history.diff(history.summarize(args.run_a), history.summarize(args.run_b))
+    print_diff(d)
+    return 1 if args.fail_on_change and d.verdicts_changed else 0
 
 
 def cmd_results(args: argparse.Namespace, argv: list[str]) -> int:

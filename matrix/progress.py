@@ -6,7 +6,6 @@ removed, so a hostile collector string cannot drive the terminal.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -17,11 +16,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from matrix import sanitize
 from matrix.classify import classify, key_figure
 from matrix.model import Batch, KernelSpec
 from matrix.plan import sysctl_label
 
-_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]|[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 COLOURS = {
     "success": "green",
     "slowdown": "yellow",
@@ -33,7 +32,7 @@ COLOURS = {
 
 def clean(text: Any) -> str:
     """Strip terminal escape sequences and control characters (newlines and tabs stay)."""
-    return _CONTROL.sub("", str(text))
+    return sanitize.clean(str(text))
 
 
 class Display:

@@ -24,6 +24,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
+from matrix import explain, sanitize
 from matrix.plots import RatePlotter
 from matrix.scenarios import SCENARIOS
 
@@ -36,9 +37,6 @@ PUZZLE1 = ("1A", "1B")
 _POOL_MIN_PAGES = 64
 """Below this many cell pages a process pool costs more than it saves."""
 
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-
 
 def clean(value: Any) -> Any:
     """Strip terminal escapes and control characters from a string; keep newlines and tabs.
@@ -48,7 +46,7 @@ def clean(value: Any) -> Any:
     """
     if isinstance(value, Markup) or not isinstance(value, str):
         return value
-    return _CONTROL.sub("", _ANSI.sub("", value.replace("\r\n", "\n")))
+    return sanitize.clean(value)
 
 
 def num(value: Any, digits: int | None = None) -> str:
@@ -202,7 +200,12 @@ def matrix_grid(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> di
         for k in kernels
     ]
     labels = [columns[c] or "defaults" for c in order]
-    return {"scenarios": scenarios, "labels": labels, "rows": grid}
+    return {
+        "scenarios": scenarios,
+        "labels": labels,
+        "columns": [c[0] for c in order],
+        "rows": grid,
+    }
 
 
 def _first_trial(rows: list[dict[str, Any]], scenario: str) -> dict[str, Any] | None:
@@ -246,11 +249,13 @@ def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Everything the matrix page shows, computed once so the template only lays it out."""
     kernels = sorted_kernels(run)
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in VERDICTS}
+    puzzle1 = puzzle1_rows(rows, kernels)
     return {
         "manifest": run.manifest,
         "kernels": kernels,
         "grid": matrix_grid(rows, kernels),
-        "puzzle1": puzzle1_rows(rows, kernels),
+        "puzzle1": puzzle1,
+        "explain": explain.paragraphs(rows, puzzle1),
         "legend": _legend(run.manifest),
         "thresholds": run.manifest["thresholds"],
         "counts": counts,

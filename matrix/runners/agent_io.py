@@ -8,6 +8,8 @@ soon as it appears, so nothing measured is lost if the batch dies later.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,30 +43,50 @@ def batch_budget_s(batch: Batch, slack_s: float = AGENT_SLACK_S) -> float:
     return sum(cell_budget_s(c.limits, slack_s) for c in batch.cells)
 
 
-class ResultWatcher:
-    """Finds result files the agent has finished since the last look."""
+def agent_argv(workdir: Path, python: str) -> list[str]:
+    """The agent's command line for a batch prepared in `workdir`."""
+    out = workdir / "out"
+    return [python, str(agent_path()), "--cells", str(workdir / "cells.json"), "--out", str(out)]
 
-    def __init__(self, out_dir: Path, on_result: OnResult, expected: set[str]) -> None:
-        self.out_dir = out_dir
-        self.on_result = on_result
-        self.expected = expected
+
+class ResultCollector:
+    """Picks up the agent's per-cell files as they appear and hands each on once."""
+
+    def __init__(self, out_dir: Path, ids: Sequence[str], on_result: OnResult) -> None:
+        self.out_dir, self.ids, self.on_result = out_dir, list(ids), on_result
         self.results: dict[str, dict[str, Any]] = {}
+        self.malformed: list[str] = []
+        self.first_result_at: float | None = None
 
-    def poll(self) -> int:
-        """Hand on every new complete result; return how many were new."""
-        new = 0
-        for p in sorted(self.out_dir.glob("*.json")):
-            cid = p.stem
-            if cid in self.results or cid not in self.expected:
-                continue
-            try:
-                doc = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                doc = {"status": "crashed", "status_detail": f"malformed result JSON: {e}"}
-            self.results[cid] = doc
-            self.on_result(cid, doc)
-            new += 1
-        return new
-
+    @property
     def agent_done(self) -> bool:
         return (self.out_dir / "agent.json").exists()
+
+    def poll(self, final: bool = False) -> None:
+        """Read new results; an unparsable file counts as malformed only when `final`
+        (the agent renames complete files into place, but a runner that copies them
+        from elsewhere may see one mid-copy)."""
+        for cid in self.ids:
+            path = self.out_dir / f"{cid}.json"
+            if cid in self.results or not path.exists():
+                continue
+            try:
+                doc = json.loads(path.read_text())
+                if not isinstance(doc, dict):
+                    raise ValueError(f"a JSON {type(doc).__name__}, not an object")
+            except (OSError, ValueError) as exc:
+                if final:
+                    self.malformed.append(cid)
+                    detail = f"malformed result JSON: {exc}"
+                    self._take(cid, {"cell_id": cid, "status": "crashed", "status_detail": detail})
+                continue
+            self._take(cid, doc)
+
+    def _take(self, cid: str, doc: dict[str, Any]) -> None:
+        if self.first_result_at is None:
+            self.first_result_at = time.monotonic()
+        self.results[cid] = doc
+        self.on_result(cid, doc)
+
+    def missing(self) -> list[str]:
+        return [cid for cid in self.ids if cid not in self.results]

@@ -7,9 +7,7 @@ settings are never touched.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,10 +15,11 @@ import threading
 import time
 from pathlib import Path
 
+from matrix import procs, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome
 from matrix.runners import OnResult
-from matrix.runners.agent_io import ResultWatcher, agent_path, batch_budget_s, prepare
+from matrix.runners.agent_io import ResultCollector, agent_argv, batch_budget_s, prepare
 
 _UNSHARE_PROBE = (
     "import ctypes,sys; libc=ctypes.CDLL(None, use_errno=True); "
@@ -54,30 +53,26 @@ class HostRunner:
         self, batch: Batch, workdir: Path, stop: threading.Event, on_result: OnResult
     ) -> BatchOutcome:
         start = time.monotonic()
-        cells, out = prepare(batch, workdir)
+        _, out = prepare(batch, workdir)
         log_path = workdir / "agent.log"
-        watcher = ResultWatcher(out, on_result, {c.id for c in batch.cells})
+        collector = ResultCollector(out, [c.id for c in batch.cells], on_result)
         deadline = start + batch_budget_s(batch)
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [self.python, str(agent_path()), "--cells", str(cells), "--out", str(out)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            failure = self._wait(proc, watcher, stop, deadline)
-        watcher.poll()
-        missing = len(batch.cells) - len(watcher.results)
+        session = procs.start_session(agent_argv(workdir, self.python), log_path, cwd=workdir)
+        try:
+            failure = self._wait(session, collector, stop, deadline)
+        finally:
+            procs.kill_group(session)
+        collector.poll(final=True)
+        missing = len(collector.missing()) + len(collector.malformed)
         if not failure and missing:
-            failure = f"agent exited ({proc.returncode}) without results for {missing} cells"
+            failure = f"agent exited ({session.poll()}) without results for {missing} cells"
         return BatchOutcome(
-            results=dict(watcher.results),
+            results=dict(collector.results),
             runner=self.name,
             accelerator="none (host)",
             host=socket.gethostname(),
             console_log=log_path,
-            console_tail=_tail(log_path) if failure else "",
+            console_tail=sanitize.tail(log_path) if failure else "",
             failure=failure,
             boot_s=0.0,
             wall_s=time.monotonic() - start,
@@ -85,43 +80,17 @@ class HostRunner:
 
     def _wait(
         self,
-        proc: subprocess.Popen[bytes],
-        watcher: ResultWatcher,
+        session: procs.Session,
+        collector: ResultCollector,
         stop: threading.Event,
         deadline: float,
     ) -> str:
-        """Hand on results until the agent exits; kill it on stop or at the deadline."""
-        while proc.poll() is None:
-            watcher.poll()
+        """Hand on results until the agent exits; the caller kills it on stop or deadline."""
+        while session.poll() is None:
+            collector.poll()
             if stop.is_set():
-                kill_group(proc)
                 return "interrupted"
             if time.monotonic() > deadline:
-                kill_group(proc)
                 return "batch deadline passed; the agent was killed"
             stop.wait(self.poll_s)
-        return ""
-
-
-def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 3.0) -> None:
-    """TERM then KILL the whole process group, so no collector outlives its batch."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=grace_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
         return ""

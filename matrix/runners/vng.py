@@ -32,25 +32,21 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import shlex
-import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from matrix import accel as accel_mod
-from matrix import procs
+from matrix import procs, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
 from matrix.runners import OnResult
+from matrix.runners.agent_io import ResultCollector, agent_argv, cell_budget_s, prepare
 
 POLL_S = 0.5
 EXIT_GRACE_S = 20.0
@@ -63,20 +59,15 @@ TOOLS = {
     "depmod": "apt package kmod",
     "modprobe": "apt package kmod",
 }
-SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 GUEST_HIDDEN = ("/proc", "/sys", "/dev", "/run")
 
 
 def find_tool(name: str) -> str | None:
-    """A tool on PATH or in the sbin directories that a non-root PATH often lacks."""
-    if name == "vng":
-        beside = Path(sys.executable).parent / "vng"
-        if beside.is_file():
-            return str(beside)
-    found = shutil.which(name)
-    if found:
-        return found
-    return next((str(Path(d) / name) for d in SBIN_DIRS if (Path(d) / name).is_file()), None)
+    """vng from our own environment first (pyenv shims hide it from PATH), else PATH/sbin."""
+    beside = Path(sys.executable).parent / name
+    if name == "vng" and beside.is_file():
+        return str(beside)
+    return procs.find_executable(name)
 
 
 def guest_python() -> str:
@@ -115,8 +106,7 @@ def stage_kernel(kernel: ResolvedKernel, dest: Path) -> Path:
 
 
 def _symlink(target: Path, link: Path) -> None:
-    if link.is_symlink() or link.exists():
-        link.unlink()
+    link.unlink(missing_ok=True)
     link.symlink_to(target)
 
 
@@ -138,43 +128,16 @@ def vng_argv(
     return argv + accel_flags(accel)
 
 
-def agent_command(repo_root: Path, workdir: Path, python: str | None = None) -> str:
-    """The shell command the guest runs: the agent on the batch's cell list."""
-    agent = repo_root / "collectors" / "agent.py"
-    parts = [python or guest_python(), str(agent), "--cells", str(workdir / "cells.json")]
-    parts += ["--out", str(workdir / "out")]
-    return shlex.join(parts)
-
-
 def batch_deadline_s(
     cells: Sequence[Cell], boot_timeout_s: float, extra_per_cell_s: float
 ) -> float:
     """Boot, then each cell's own bound plus slack for a guest ~15x slower under TCG."""
-    per_cell = (c.limits.window_s + c.limits.stall_s + extra_per_cell_s for c in cells)
-    return boot_timeout_s + sum(per_cell)
+    return boot_timeout_s + sum(cell_budget_s(c.limits, extra_per_cell_s) for c in cells)
 
 
 AGENT_START = re.compile(r"KMATRIX-AGENT-START\s+\S+")
 FATAL = (("Kernel panic", "kernel panic"), ("KVM: emulation failure", "KVM: emulation failure"))
-CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 TAIL_LINES = 60
-
-
-def clean_text(text: str) -> str:
-    """Drop terminal escapes and control characters (keeping newlines and tabs): the
-    console is guest output and ends up in a report."""
-    return CONTROL.sub("", text.replace("\r\n", "\n"))
-
-
-def console_tail(path: Path, lines: int = TAIL_LINES, max_bytes: int = 65536) -> str:
-    """The last `lines` lines of the console, cleaned; "" when there is no console."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
-            text = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(clean_text(text).rstrip("\n").split("\n")[-lines:])
 
 
 class ConsoleWatch:
@@ -208,49 +171,9 @@ class ConsoleWatch:
 
     def last_line(self) -> str:
         """The console's last line that is not our own header: usually QEMU's complaint."""
-        lines = [ln for ln in console_tail(self.path).split("\n") if ln.strip()]
+        lines = [ln for ln in sanitize.tail(self.path).split("\n") if ln.strip()]
         lines = [ln for ln in lines if not ln.startswith("# kmatrix:")]
         return lines[-1].strip()[:200] if lines else ""
-
-
-class ResultCollector:
-    """Picks up the agent's per-cell files as they appear and hands each on once."""
-
-    def __init__(self, out_dir: Path, ids: Sequence[str], on_result: OnResult) -> None:
-        self.out_dir, self.ids, self.on_result = out_dir, list(ids), on_result
-        self.results: dict[str, dict[str, Any]] = {}
-        self.malformed: list[str] = []
-        self.first_result_at: float | None = None
-
-    @property
-    def agent_done(self) -> bool:
-        return (self.out_dir / "agent.json").exists()
-
-    def poll(self, final: bool = False) -> None:
-        """Read new results; an unparsable file may be half-written until `final`."""
-        for cid in self.ids:
-            path = self.out_dir / f"{cid}.json"
-            if cid in self.results or not path.exists():
-                continue
-            try:
-                doc = json.loads(path.read_text())
-                if not isinstance(doc, dict):
-                    raise ValueError(f"a JSON {type(doc).__name__}, not an object")
-            except (OSError, ValueError) as exc:
-                if final:
-                    self.malformed.append(cid)
-                    self._take(cid, {"id": cid, "status": "malformed", "error": str(exc)})
-                continue
-            self._take(cid, doc)
-
-    def _take(self, cid: str, doc: dict[str, Any]) -> None:
-        if self.first_result_at is None:
-            self.first_result_at = time.monotonic()
-        self.results[cid] = doc
-        self.on_result(cid, doc)
-
-    def missing(self) -> list[str]:
-        return [cid for cid in self.ids if cid not in self.results]
 
 
 class VngRunner:
@@ -261,7 +184,6 @@ class VngRunner:
     def __init__(
         self,
         *,
-        repo_root: Path,
         memory_mb: int = 2048,
         cpus: int = 1,
         accel: str = "auto",
@@ -270,9 +192,10 @@ class VngRunner:
     ) -> None:
         if accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
-        self.repo_root = Path(repo_root).resolve()
         self.memory_mb, self.cpus, self.accel = memory_mb, cpus, accel
         self.boot_timeout_s, self.extra_per_cell_s = boot_timeout_s, extra_per_cell_s
+        self.accel_choices: dict[str, tuple[str, str]] = {}
+        """Kernel release -> (accelerator, why), for the run's manifest."""
 
     def check(self) -> None:
         """Name every missing tool and the package that provides it, all at once."""
@@ -283,12 +206,15 @@ class VngRunner:
     def choose_accelerator(self, kernel: ResolvedKernel) -> tuple[str, str]:
         """('kvm' or 'tcg', why); with 'auto' a real boot decides (cached per kernel).
 
-        Returned rather than stored: batches of several kernels may run at once.
+        Returned, and kept per kernel: batches of several kernels may run at once.
         """
         if self.accel != "auto":
-            return self.accel, f"accelerator {self.accel} was asked for"
-        ok, reason = accel_mod.probe_kvm(kernel)
-        return ("kvm" if ok else "tcg"), reason
+            choice = self.accel, f"accelerator {self.accel} was asked for"
+        else:
+            ok, reason = accel_mod.probe_kvm(kernel)
+            choice = ("kvm" if ok else "tcg"), reason
+        self.accel_choices[kernel.release] = choice
+        return choice
 
     def run_batch(
         self, batch: Batch, workdir: Path, stop: threading.Event, on_result: OnResult
@@ -324,14 +250,12 @@ class VngRunner:
         return self._outcome(collector, accel, console, failure, boot_s, started)
 
     def _prepare(self, batch: Batch, workdir: Path, on_result: OnResult) -> ResultCollector:
-        (workdir / "out").mkdir(parents=True, exist_ok=True)
-        cells = {"cells": [c.to_agent() for c in batch.cells]}
-        (workdir / "cells.json").write_text(json.dumps(cells, indent=1))
-        return ResultCollector(workdir / "out", [c.id for c in batch.cells], on_result)
+        _, out = prepare(batch, workdir)
+        return ResultCollector(out, [c.id for c in batch.cells], on_result)
 
     def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
         image = stage_kernel(kernel, workdir / "kernel")
-        cmd = agent_command(self.repo_root, workdir)
+        cmd = shlex.join(agent_argv(workdir, guest_python()))
         return vng_argv(
             image=image,
             accel=accel,
@@ -343,7 +267,7 @@ class VngRunner:
 
     def _supervise(
         self,
-        proc: subprocess.Popen,
+        proc: procs.Session,
         batch: Batch,
         watch: ConsoleWatch,
         collector: ResultCollector,
@@ -400,7 +324,7 @@ class VngRunner:
             accelerator=accel,
             host=socket.gethostname(),
             console_log=console,
-            console_tail=console_tail(console),
+            console_tail=sanitize.tail(console),
             failure=failure,
             boot_s=boot_s,
             wall_s=time.monotonic() - started,
