@@ -1,9 +1,13 @@
-"""Sessions: `tests` (everything, as CI runs it), `unit`, `lint`, `matrix` (the main job).
+"""Sessions: `tests` (everything, as CI runs it), `unit`, `lint`, `matrix` (the main job),
+`nightly` (the full profile, failing on a changed verdict, with a JUnit file for CI).
 
 Run them through `scripts/nox`, which installs the system packages first.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
 
 import nox
 
@@ -43,3 +47,23 @@ def matrix(session: nox.Session) -> None:
     _install(session)
     session.run("kmatrix", "kernels", "fetch")
     session.run("kmatrix", "run", "--profile", "quick", *session.posargs)
+
+
+@nox.session
+def nightly(session: nox.Session) -> None:
+    """Fetch, run the full profile, fail if a verdict changed, export JUnit either way.
+
+    `nox -s nightly -- PATH` writes the JUnit file to PATH (default ./kmatrix-junit.xml).
+    The export runs even when the run fails, so CI shows which cells changed or broke.
+    """
+    _install(session)
+    junit = session.posargs[0] if session.posargs else "kmatrix-junit.xml"
+    run_dir = Path("runs") / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    session.run("kmatrix", "kernels", "fetch")
+    try:
+        session.run(
+            "kmatrix", "run", "--profile", "full", "--fail-on-change", "--out", str(run_dir)
+        )
+    finally:
+        if (run_dir / "plan.json").is_file():
+            session.run("kmatrix", "export", str(run_dir), "--format", "junit", "--output", junit)

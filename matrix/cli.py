@@ -166,7 +166,7 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
     if args.jobs is not None:
         least = 0 if cfg.hosts else 1
         if args.jobs < least:
-            expected = f"an integer >= {least}" + ("" if least else " (0 needs --hosts)")
+            expected = f"an integer >= {least}" + (" (0 needs --hosts)" if least else "")
             raise ConfigError("command line", "--jobs", f"{args.jobs}; expected {expected}")
         settings = replace(settings, jobs=args.jobs or settings.jobs)
     if args.accel:

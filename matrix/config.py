@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.errors import ConfigError
+from matrix.hosts import HostSpec, from_table
 from matrix.model import DebianSource, HostSource, KernelSpec, Limits, PathSource, Sweep
 from matrix.scenarios import NAMESPACED_SYSCTLS, SCENARIOS
 
@@ -34,6 +35,8 @@ class Settings:
     cpus: int = 1
     accel: str = "auto"
     boot_timeout_s: float = 180.0
+    known_hosts: Path | None = None
+    identity: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Config:
     kernels: tuple[KernelSpec, ...]
     sweep: Sweep
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hosts: tuple[HostSpec, ...] = ()
 
     def kernel(self, name: str) -> KernelSpec:
         for k in self.kernels:
@@ -69,7 +73,7 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError(src, "(file)", "not found; pass --config FILE") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(src, "(syntax)", f"not valid TOML: {e}") from None
-    _only_keys(src, "(top level)", data, {"settings", "sweep", "profiles", "kernel"})
+    _only_keys(src, "(top level)", data, {"settings", "sweep", "profiles", "kernel", "host"})
     kernels = tuple(_kernel(src, i, k) for i, k in enumerate(_list_of_tables(src, "kernel", data)))
     names = [k.name for k in kernels]
     dup = {n for n in names if names.count(n) > 1}
@@ -90,7 +94,21 @@ def load(path: Path | None = None) -> Config:
             src, "sweep", _table(src, "sweep", data.get("sweep", {})), default_sweep()
         ),
         profiles=profiles,
+        hosts=_hosts(src, data),
     )
+
+
+def _hosts(src: str, data: dict[str, Any]) -> tuple[HostSpec, ...]:
+    """[[host]] tables: SSH hosts that take batches besides this machine."""
+    v = data.get("host", [])
+    if not isinstance(v, list):
+        raise ConfigError(src, "host", "expected [[host]] tables")
+    hosts = tuple(from_table(src, i, t, Path(src).parent) for i, t in enumerate(v))
+    names = [h.name for h in hosts]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(src, "host.address", f"{dup} declared twice; raise its capacity instead")
+    return hosts
 
 
 def default_sweep() -> Sweep:
@@ -121,12 +139,19 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
         for k in ("cache_dir", "runs_dir", "reports_dir")
         if k in t
     }
+    base = Path(src).parent
+    ssh = {
+        k: base / Path(os.path.expanduser(_str(src, f"settings.{k}", t[k])))
+        for k in ("known_hosts", "identity")
+        if k in t
+    }
     accel = t.get("accel", d.accel)
     if accel not in ("auto", "kvm", "tcg"):
         raise ConfigError(src, "settings.accel", f"{accel!r}; expected one of auto, kvm, tcg")
     return replace(
         d,
         **paths,
+        **ssh,
         mirror=_str(src, "settings.mirror", t["mirror"]) if "mirror" in t else None,
         security_mirror=(
             _str(src, "settings.security_mirror", t["security_mirror"])

@@ -33,3 +33,8 @@ class RunnerError(KmatrixError):
     """A runner could not run a batch at all; execute turns this into infra results."""
 
     exit_code = 5
+
+
+class HostLost(RunnerError):
+    """An SSH host went away mid-batch (connection lost, a command timed out): the
+    scheduler re-queues the cells that have no result yet on another slot."""

@@ -8,10 +8,11 @@ batches go on.
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from matrix import rundir
 from matrix.errors import KmatrixError
 from matrix.model import Batch, BatchOutcome
 from matrix.runners import Runner
+from matrix.schedule import Machine, Scheduler
 
 Progress = Callable[[str, str, dict[str, Any] | None], None]
 """Called with (kernel, event, result): event is 'start', 'result' or 'done'."""
@@ -32,9 +34,15 @@ def run_batches(
     jobs: int,
     stop: threading.Event,
     progress: Progress,
+    remotes: Sequence[Machine] = (),
 ) -> dict[str, BatchOutcome]:
     """Host batches first and alone (their timings must not share the CPU with VMs),
-    then the rest `jobs` at a time."""
+    then the rest `jobs` at a time. With SSH hosts (`remotes`), slots of every machine
+    take batches as they free up (see `matrix.schedule`)."""
+    if remotes:
+        local = Machine(socket.gethostname(), jobs, runner_for)
+        sched = Scheduler([local, *remotes], run_dir, stop, progress, record_outcome)
+        return sched.run(batches)
     exclusive = [b for b in batches if runner_for(b).name == "host"]
     shared = [b for b in batches if b not in exclusive]
     outcomes: dict[str, BatchOutcome] = {}

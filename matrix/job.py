@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from matrix import __version__, plan, results, rundir
+from matrix import __version__, exports, plan, results, rundir
 from matrix.config import Config
 from matrix.errors import CatalogError, ConfigError
 from matrix.execute import Progress, record_outcome, run_batches
@@ -99,7 +99,17 @@ def finish_run(run_dir: Path, interrupted: bool) -> list[dict[str, Any]]:
     data = results.load_run(run_dir)
     rows = data.table.to_dict(orient="records")
     results.write_table(run_dir, rows)
+    write_junit(run_dir, rows)
     return rows
+
+
+def write_junit(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """results.junit.xml next to results.jsonl, for CI systems that read JUnit."""
+    path = run_dir / "results.junit.xml"
+    tmp = path.with_suffix(".xml.tmp")
+    tmp.write_text(exports.junit_xml(rows, run_dir.name), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def pending(batches: list[Batch], run_dir: Path) -> list[Batch]:
@@ -120,6 +130,7 @@ def execute(
     jobs: int,
     progress: Progress,
     failures: dict[str, str],
+    remotes: Any = (),
 ) -> bool:
     """Run everything; return True if a stop signal cut the run short."""
     stop = threading.Event()
@@ -127,7 +138,7 @@ def execute(
         record_outcome(run_dir, name, BatchOutcome({}, "catalog", "", "", failure=why))
     runnable = [b for b in batches if b.kernel.spec.name not in failures]
     with stop_on_signals(stop):
-        run_batches(runnable, runner_for, run_dir, jobs, stop, progress)
+        run_batches(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
     return stop.is_set()
 
 

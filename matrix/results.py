@@ -97,7 +97,7 @@ def _row(
         "key_figure": key_figure(cell["scenario"], c),
         "runner": batch.get("runner", ""),
         "accelerator": batch.get("accelerator", ""),
-        "host": batch.get("host", ""),
+        "host": (result or {}).get("run_host") or batch.get("host", ""),
         "console_tail": batch.get("console_tail", "") if result is None else "",
         "repro": repro_command(cell),
     }

@@ -1,0 +1,289 @@
+"""The `remote` runner: a batch on an SSH host, through Fabric.
+
+The host gets a private work directory, /var/tmp/kmatrix/<run-id>/<batch>, holding the
+`matrix` package and the collectors (shipped whole, a few hundred KB). A host-kernel
+batch runs the agent there on the host's own kernel (its release is then the host's);
+a VM batch runs `python3 -m matrix.remote_batch`, i.e. the vng runner over there, with
+the kernel taken from the host's cache or copied once into /var/tmp/kmatrix/kernels.
+Results are pulled back over SFTP every `poll_s` as the agent writes them, so a host
+that dies later loses nothing already measured; a dead link raises `HostLost`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from fabric import Connection
+
+from matrix import plan
+from matrix.errors import HostLost, PrerequisiteError
+from matrix.hosts import HostSpec
+from matrix.model import Batch, BatchOutcome, ResolvedKernel
+from matrix.runners import OnResult
+from matrix.runners.agent_io import batch_budget_s
+from matrix.runners.ssh import (
+    KILL_MARKED,
+    LINK_ERRORS,
+    REMOTE_BASE,
+    connect,
+    package_tar,
+    probe,
+    put_bytes,
+    sh,
+    stream_tree,
+)
+from matrix.runners.vng import TOOLS, batch_deadline_s
+from matrix.schedule import Machine
+
+q = shlex.quote
+
+
+class RemoteRunner:
+    """Runs batches on one SSH host; `vm` (vng settings) when VM batches may come."""
+
+    name = "remote"
+
+    def __init__(
+        self,
+        host: HostSpec,
+        *,
+        run_id: str,
+        known_hosts: Path | None = None,
+        vm: dict[str, Any] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.host, self.run_id, self.known_hosts = host, run_id, known_hosts
+        self.vm, self.poll_s = vm, poll_s
+        self._sudo: str | None = None
+
+    def check(self) -> None:
+        """Connect, then name everything the host lacks, with the package to install."""
+        c = connect(self.host, self.known_hosts)
+        try:
+            self._sudo = self._privilege(c, need_vm=self.vm is not None)
+        finally:
+            c.close()
+
+    def _privilege(self, c: Connection, need_vm: bool) -> str:
+        """ "" as root, "sudo -n " with passwordless sudo; raise naming what is missing."""
+        info = probe(c, self.host.python, list(TOOLS) if need_vm else [])
+        least = (3, 11) if need_vm else (3, 8)
+        problems = []
+        if tuple(info["python"]) < least:
+            have = ".".join(map(str, info["python"]))
+            problems.append(f"python >= {'.'.join(map(str, least))} (has {have})")
+        problems += [f"{t} ({TOOLS[t]})" for t, path in info["tools"].items() if not path]
+        sudo = ""
+        if info["euid"] != 0:
+            sudo = "sudo -n "
+            if sh(c, "sudo -n true", 30)[0] != 0:
+                problems.append("root: log in as root or allow passwordless sudo")
+        if problems:
+            raise PrerequisiteError(f"remote host {self.host.name} needs: " + ", ".join(problems))
+        return sudo
+
+    def run_batch(
+        self, batch: Batch, workdir: Path, stop: threading.Event, on_result: OnResult
+    ) -> BatchOutcome:
+        started = time.monotonic()
+        vm = batch.kernel.spec.kind != "host"
+        c = connect(self.host, self.known_hosts)
+        try:
+            if self._sudo is None:
+                self._sudo = self._privilege(c, need_vm=vm)
+            base = f"{REMOTE_BASE}/{self.run_id}/{workdir.name}"
+            self._stage(c, batch, base, vm)
+            chan = self._launch(c, base, vm)
+            failure, pulled = self._follow(c, chan, batch, base, stop, on_result)
+            doc = self._finish(c, base, workdir, kill=bool(failure), vm=vm)
+            code = chan.recv_exit_status() if not failure else None
+        finally:
+            c.close()
+        missing = len(batch.cells) - len(pulled)
+        if not failure and missing:
+            failure = doc.get("failure") or f"exited ({code}) without results for {missing} cells"
+        log = workdir / "console.log"
+        return BatchOutcome(
+            results=pulled,
+            runner=self.name,
+            accelerator=doc.get("accelerator", "none (remote host kernel)"),
+            host=self.host.name,
+            console_log=log,
+            console_tail=(doc.get("console_tail") or _tail(log)) if failure else "",
+            failure=failure,
+            boot_s=doc.get("boot_s", 0.0),
+            wall_s=time.monotonic() - started,
+        )
+
+    def _stage(self, c: Connection, batch: Batch, base: str, vm: bool) -> None:
+        """The package, the cells and, for a VM, the kernel and batch.json."""
+        code, out = sh(c, f"mkdir -p {q(base)}/out {q(base)}/pkg")
+        if code != 0:
+            raise PrerequisiteError(f"{self.host.name}: cannot create {base}: {out}")
+        put_bytes(c, package_tar(), f"{base}/pkg.tgz")
+        cmd = f"{q(self.host.python)} -m tarfile -e {q(base)}/pkg.tgz {q(base)}/pkg"
+        code, out = sh(c, cmd)
+        if code != 0:
+            raise PrerequisiteError(f"{self.host.name}: cannot unpack the package: {out}")
+        cells = {"cells": [cell.to_agent() for cell in batch.cells]}
+        put_bytes(c, json.dumps(cells, indent=1).encode(), f"{base}/cells.json")
+        if vm:
+            kernel = self._kernel(c, batch.kernel)
+            doc = {"plan": plan.to_doc([Batch(kernel, batch.cells)], ()), "vng": self.vm or {}}
+            put_bytes(c, json.dumps(doc, indent=1).encode(), f"{base}/batch.json")
+
+    def _launch(self, c: Connection, base: str, vm: bool) -> Any:
+        """Start the batch on a channel of its own; its output goes to run.log there."""
+        py = q(self.host.python)
+        if vm:
+            cmd = f"cd {q(base)}/pkg && exec {self._sudo}{py} -m matrix.remote_batch {q(base)}"
+        else:
+            agent = f"{q(base)}/pkg/matrix/collectors/agent.py"
+            cmd = f"cd {q(base)} && exec {self._sudo}{py} {agent} --cells cells.json --out out"
+        try:
+            chan = c.client.get_transport().open_session()
+            chan.exec_command(f"sh -c {q(cmd + f' > {q(base)}/run.log 2>&1')}")
+        except LINK_ERRORS as e:
+            raise HostLost(f"{self.host.name}: cannot start the batch: {e!r}") from None
+        return chan
+
+    def _follow(
+        self,
+        c: Connection,
+        chan: Any,
+        batch: Batch,
+        base: str,
+        stop: threading.Event,
+        on_result: OnResult,
+    ) -> tuple[str, dict[str, dict[str, Any]]]:
+        """Pull results as they appear until the batch ends: ("" or why it was cut, results)."""
+        ids = {cell.id for cell in batch.cells}
+        pulled: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + self._budget_s(batch)
+        sftp = c.sftp()
+        sftp.get_channel().settimeout(60)
+        while True:
+            done = chan.exit_status_ready()
+            try:
+                for name in sorted(
+                    set(sftp.listdir(f"{base}/out")) - {f"{i}.json" for i in pulled}
+                ):
+                    cid = name[: -len(".json")]
+                    if name.endswith(".json") and cid in ids:
+                        with sftp.open(f"{base}/out/{name}") as f:
+                            pulled[cid] = _parse(f.read())
+                        on_result(cid, pulled[cid])
+            except LINK_ERRORS as e:
+                raise HostLost(f"{self.host.name}: connection lost: {e!r}") from None
+            if not c.transport.is_active():
+                raise HostLost(f"{self.host.name}: connection lost")
+            if done:
+                return "", pulled
+            if stop.is_set():
+                return "interrupted", pulled
+            if time.monotonic() > deadline:
+                return "batch deadline passed; the remote batch was killed", pulled
+            stop.wait(self.poll_s)
+
+    def _budget_s(self, batch: Batch) -> float:
+        if batch.kernel.spec.kind == "host":
+            return batch_budget_s(batch)
+        vm = self.vm or {}
+        boot, extra = vm.get("boot_timeout_s", 180.0), vm.get("extra_per_cell_s", 30.0)
+        return batch_deadline_s(batch.cells, boot, extra) + 60.0
+
+    def _finish(self, c: Connection, base: str, workdir: Path, kill: bool, vm: bool) -> dict:
+        """Kill what is left if the batch was cut, fetch the logs, remove the work dir."""
+        marker = f"{q(base)}/"
+        if kill:
+            sh(c, f"{self._sudo}{q(self.host.python)} -c {q(KILL_MARKED)} {marker}", 60)
+        sftp = c.sftp()
+        log = b""
+        for name in ("run.log", "console.log") if vm else ("run.log",):
+            try:
+                with sftp.open(f"{base}/{name}") as f:
+                    log += f.read()
+            except FileNotFoundError:
+                continue
+            except LINK_ERRORS as e:
+                raise HostLost(f"{self.host.name}: connection lost: {e!r}") from None
+        (workdir / "console.log").write_bytes(log)
+        doc: dict[str, Any] = {}
+        if vm:
+            try:
+                with sftp.open(f"{base}/outcome.json") as f:
+                    doc = _parse(f.read())
+            except FileNotFoundError:
+                doc = {"failure": "remote batch ended without outcome.json", "accelerator": ""}
+        parent = q(base.rsplit("/", 1)[0])
+        sh(c, f"{self._sudo}rm -rf {q(base)}; {self._sudo}rmdir {parent} 2>/dev/null", 120)
+        return doc
+
+    def _kernel(self, c: Connection, kernel: ResolvedKernel) -> ResolvedKernel:
+        """The same kernel as the host has it: its own copy if it matches, else ours."""
+        if kernel.vmlinuz is None:
+            raise PrerequisiteError(f"kernel {kernel.spec.name} has no vmlinuz to copy")
+        vmlinuz = Path(kernel.vmlinuz)
+        st = vmlinuz.stat()
+        code, out = sh(c, f"stat -c '%s %Y' {q(str(vmlinuz))}", 60)
+        if code == 0 and out.split() == [str(st.st_size), str(int(st.st_mtime))]:
+            return kernel
+        key = kernel.sha256[:16] or f"{st.st_size}-{int(st.st_mtime)}"
+        dest = f"{REMOTE_BASE}/kernels/{kernel.release}-{key}"
+        image, modules = f"{dest}/boot/vmlinuz-{kernel.release}", f"{dest}/lib/modules"
+        if sh(c, f"test -s {q(image)}", 60)[0] != 0:
+            items = [(vmlinuz, f"boot/vmlinuz-{kernel.release}")]
+            if kernel.modules_dir is not None:
+                items.append((Path(kernel.modules_dir), f"lib/modules/{kernel.release}"))
+            stream_tree(c, items, dest, self._sudo or "")
+        mods = Path(modules) / kernel.release if kernel.modules_dir is not None else None
+        return ResolvedKernel(
+            kernel.spec, kernel.release, Path(image), mods, kernel.sha256, kernel.package_version
+        )
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _parse(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        return {"status": "crashed", "status_detail": f"malformed result JSON: {e}"}
+    return doc if isinstance(doc, dict) else {"status": "crashed", "status_detail": "not an object"}
+
+
+def machines(
+    hosts: tuple[HostSpec, ...], settings: Any, run_id: str, need_vm: bool
+) -> list[Machine]:
+    """One checked scheduler machine per host; a host that lacks something stops the run
+    before anything starts, like a local prerequisite."""
+    from matrix.runners.agent_io import AGENT_SLACK_S
+
+    vm = None
+    if need_vm:
+        vm = {
+            "memory_mb": settings.memory_mb,
+            "cpus": settings.cpus,
+            "accel": settings.accel,
+            "boot_timeout_s": settings.boot_timeout_s,
+            "extra_per_cell_s": AGENT_SLACK_S,
+        }
+    out = []
+    for h in hosts:
+        if h.identity is None and settings.identity is not None:
+            h = replace(h, identity=settings.identity)
+        runner = RemoteRunner(h, run_id=run_id, known_hosts=settings.known_hosts, vm=vm)
+        runner.check()
+        out.append(Machine(h.name, h.capacity, lambda _b, r=runner: r))
+    return out
