@@ -10,6 +10,7 @@ run) in its command line.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -136,15 +137,19 @@ def _cmdline(pid: int) -> str:
 
 
 def find_by_marker(marker: str) -> list[int]:
-    """Pids (other than ours) whose command line mentions `marker`.
+    """Pids (other than ours) whose command line mentions `marker` as a whole path.
 
-    The marker is a directory private to one run (the batch's workdir): QEMU's
-    command line names it as a 9p export, vng's as --rwdir, so a match is ours.
+    The marker is a directory private to one batch (its workdir): QEMU's command line
+    names it as a 9p export, vng's as --rwdir, so a match is ours. "Whole" matters:
+    the workdir of kernel 6.1 is a prefix of the one of kernel 6.12.
     """
     me = os.getpid()
+    pattern = re.compile(re.escape(marker) + r"(?![^/\s,'\"=:])")
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != me and marker in _cmdline(int(entry.name)):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        if pattern.search(_cmdline(int(entry.name))):
             found.append(int(entry.name))
     return found
 

@@ -259,3 +259,19 @@ def test_stop_interrupts(monkeypatch, tmp_path) -> None:
     threading.Timer(1.0, stop.set).start()
     out, _, _ = run_fake(monkeypatch, tmp_path, "hang", stop=stop)
     assert out.failure == "interrupted" and out.wall_s < 10
+
+
+def test_leftover_marker_does_not_match_a_longer_sibling_path(tmp_path: Path) -> None:
+    """The workdir of kernel 6.1 is a prefix of 6.12's: killing one must spare the other."""
+    sibling = tmp_path / "work" / "6.12"
+    sibling.mkdir(parents=True)
+    proc = procs.start_session(
+        [sys.executable, "-c", "import time; time.sleep(30)", f"--rwdir={sibling}"],
+        tmp_path / "log",
+    )
+    try:
+        time.sleep(0.2)
+        assert procs.find_by_marker(str(tmp_path / "work" / "6.1")) == []
+        assert procs.find_by_marker(str(sibling)) == [proc.pid]
+    finally:
+        procs.kill_group(proc)
