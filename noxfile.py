@@ -43,10 +43,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def matrix(session: nox.Session) -> None:
-    """The main job: fetch the default kernels, run the quick profile, write the report."""
+    """The main job: fetch the default kernels, run the default sweep, write the report.
+
+    Extra arguments go to `kmatrix run`, e.g. `-- --profile quick` or `-- --kernels host`.
+    """
     _install(session)
     session.run("kmatrix", "kernels", "fetch")
-    session.run("kmatrix", "run", "--profile", "quick", *session.posargs)
+    session.run("kmatrix", "run", *session.posargs)
 
 
 @nox.session

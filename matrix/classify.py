@@ -15,9 +15,13 @@ from matrix.model import Classified, Verdict
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The knobs of the rules; change them here or per run, never in the rules."""
+    """The knobs of the rules; change them here or per run, never in the rules.
 
-    success_min_ratio: float = 0.5
+    The puzzle-2 collapse is 15-60x; a guest under TCG on a busy 2-core host wobbles by
+    up to 2-3x. A fifth separates the two with room on both sides.
+    """
+
+    success_min_ratio: float = 0.2
     early_fraction: float = 0.1
     late_fraction: float = 0.2
 

@@ -62,8 +62,8 @@ def test_collapse_is_a_slowdown_with_cpu_bound_evidence() -> None:
 
 
 def test_mild_dip_above_threshold_is_success_but_below_is_slowdown() -> None:
-    assert classify(result(series=series([1000] * 10 + [600] * 10))).verdict is Verdict.SUCCESS
-    assert classify(result(series=series([1000] * 10 + [400] * 10))).verdict is Verdict.SLOWDOWN
+    assert classify(result(series=series([1000] * 10 + [300] * 10))).verdict is Verdict.SUCCESS
+    assert classify(result(series=series([1000] * 10 + [150] * 10))).verdict is Verdict.SLOWDOWN
     strict = Thresholds(success_min_ratio=0.7)
     assert (
         classify(result(series=series([1000] * 10 + [600] * 10)), t=strict).verdict
