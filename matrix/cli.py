@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = effective(load_config(args), args)
     display = Display()
     if args.resume:
-        run_dir = args.resume
+        run_dir = args.resume.resolve()
         batches = job.pending(plan.from_doc(rundir.read_json(run_dir / "plan.json")), run_dir)
         failures: dict[str, str] = {}
         display.note(f"resuming {run_dir}: {sum(len(b.cells) for b in batches)} cells left")
@@ -193,7 +193,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         kernels, failures = job.resolve(job.select(cfg, args.kernels), catalog)
         batches = plan.plan(kernels, cfg.sweep)
-        run_dir = args.out or cfg.settings.runs_dir / rundir.new_run_id()
+        run_dir = (args.out or cfg.settings.runs_dir / rundir.new_run_id()).resolve()
         job.start_run(run_dir, batches, cfg, argv)
     runner_for = runner_factory(cfg)
     jobs = 0 if args.jobs == 0 else job.auto_jobs(cfg)
