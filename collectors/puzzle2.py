@@ -29,6 +29,8 @@ ENDED_BY = {CAP: "cap", WINDOW: "window", ERROR: "error"}
 HEADER = struct.Struct("<qqqqqd")
 HEADER_SIZE = 64
 WINDOW_GRACE_S = 1.0  # the loop checks the window itself; the monitor kills it after this
+COLLAPSE_RATIO = 0.1
+"""Below this share of its best rate for collapse_s, a loop is stopped early."""
 NSTAT_KEYS = (
     "TcpExtTW",
     "TcpExtTWRecycled",
@@ -179,8 +181,10 @@ def percentiles(values: list) -> dict[str, Any]:
 class Watch:
     """The monitor's view of one loop child: its samples and when it last made progress."""
 
-    def __init__(self, pid: int, shared: Shared, stall_s: float) -> None:
+    def __init__(self, pid: int, shared: Shared, stall_s: float, collapse_s: float = 0.0) -> None:
         self.pid, self.shared, self.stall_s = pid, shared, stall_s
+        self.collapse_s = collapse_s
+        self.peak_rate = 0.0
         self.t0 = time.monotonic()
         self.series: list = []
         self.seen = 0
@@ -213,6 +217,29 @@ class Watch:
         if state not in (None, "Z", "X"):
             self.last_live = evidence(self.pid)
 
+    def _rate_over(self, span_s: float) -> float | None:
+        """Connections/s over the last `span_s` of samples, None before that much time."""
+        last = self.series[-1]
+        for earlier in reversed(self.series):
+            if last["t"] - earlier["t"] >= span_s:
+                return (last["iterations"] - earlier["iterations"]) / (last["t"] - earlier["t"])
+        return None
+
+    def collapsed(self) -> bool:
+        """Still progressing, but below COLLAPSE_RATIO of the best 1-second rate for a
+        whole collapse_s: the outcome is clear, so the cell need not wait for its window.
+        No progress at all is left to the stall rule, which keeps hang evidence."""
+        if not self.collapse_s or not self.series:
+            return False
+        recent = self._rate_over(1.0)
+        if recent is not None:
+            self.peak_rate = max(self.peak_rate, recent)
+        slow = self._rate_over(self.collapse_s)
+        if slow is None or slow <= 0 or slow >= COLLAPSE_RATIO * self.peak_rate:
+            return False
+        self.last_live = evidence(self.pid)
+        return True
+
     def stalled(self) -> bool:
         """No new iteration for stall_s: keep the evidence the stall rule needs."""
         now = time.monotonic()
@@ -228,7 +255,8 @@ def _exited(pid: int) -> bool:
 
 
 def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
-    """Sample until the child ends (None), stalls ("stall") or overruns the window ("window")."""
+    """Sample until the child ends (None), stalls ("stall"), collapses ("collapse") or
+    overruns the window ("window")."""
     watch.sample()
     next_tick = watch.t0 + sample_s
     while True:
@@ -241,6 +269,8 @@ def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
             next_tick = max(next_tick + sample_s, now)
             if watch.stalled():
                 return "stall"
+            if watch.collapsed():
+                return "collapse"
             if now - watch.t0 >= window_s + WINDOW_GRACE_S:
                 watch.last_live = evidence(watch.pid)
                 return "window"
@@ -248,10 +278,15 @@ def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
 
 
 def monitor(
-    pid: int, shared: Shared, window_s: float, stall_s: float, sample_s: float
+    pid: int,
+    shared: Shared,
+    window_s: float,
+    stall_s: float,
+    sample_s: float,
+    collapse_s: float = 0.0,
 ) -> dict[str, Any]:
     """Watch the loop child `pid` to its end, kill it if needed, and reap it."""
-    watch = Watch(pid, shared, stall_s)
+    watch = Watch(pid, shared, stall_s, collapse_s)
     killed_for = _watch(watch, window_s, sample_s)
     if killed_for:
         os.kill(pid, signal.SIGKILL)
@@ -316,6 +351,15 @@ def _outcome(shared: Shared, watched: dict[str, Any]) -> tuple:
     return "error", error, elapsed
 
 
+def port_range() -> list | None:
+    """The namespace's ephemeral port range: how far 2B can get before ports run out."""
+    try:
+        lo, hi = _read("/proc/sys/net/ipv4/ip_local_port_range").split()
+        return [int(lo), int(hi)]
+    except ValueError:
+        return None
+
+
 def _deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in NSTAT_KEYS if k in before and k in after}
 
@@ -327,7 +371,14 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     before = read_nstat()
     pid = _start_loop(shared, cell["scenario"], window_s)
     log(f"{cell['scenario']}: loop pid {pid}, cap {cap}, window {window_s}s")
-    watched = monitor(pid, shared, window_s, float(cell["stall_s"]), float(cell["sample_s"]))
+    watched = monitor(
+        pid,
+        shared,
+        window_s,
+        float(cell["stall_s"]),
+        float(cell["sample_s"]),
+        float(cell.get("collapse_s", 0.0)),
+    )
     ended_by, error, elapsed = _outcome(shared, watched)
     iterations = shared.iterations()
     final = watched["final"]
@@ -341,6 +392,7 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         "utime_s": watched["utime_s"],
         "stime_s": watched["stime_s"],
         "final_state": final["state"] if final else None,
+        "port_range": port_range(),
     }
     shared.mem.close()
     detail = f"ended_by={ended_by} iterations={iterations} elapsed_s={metrics['elapsed_s']}"

@@ -35,7 +35,8 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
         (
             "infra",
             "no result came back (VM did not boot, panicked, deadline passed), "
-            "or the collector crashed or overran its own deadline",
+            "the collector crashed or overran its own deadline, or a steady loop "
+            "stopped before using half the port range (inconclusive)",
         ),
         (
             "error",
@@ -51,11 +52,13 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
             "slowdown",
             f"the loop kept progressing but its late rate (last "
             f"{t.late_fraction:.0%} of the time) fell below {t.success_min_ratio:g}x its "
-            f"early rate (first {t.early_fraction:.0%} of the iterations)",
+            f"early rate (first {t.early_fraction:.0%} of the iterations); a loop below a "
+            "tenth of its best rate for collapse_s is stopped there, its outcome being clear",
         ),
         (
             "success",
-            f"the loop kept at least {t.success_min_ratio:g}x its early rate to the end; "
+            f"the loop kept at least {t.success_min_ratio:g}x its early rate to the end, "
+            "past half the port range; "
             "puzzle 1 succeeds when send() queued data and the queues were read",
         ),
     ]
@@ -111,8 +114,29 @@ def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
     if early is None or late is None:
         return Classified(Verdict.INFRA, "too few samples to compute rates", m)
     if early > 0 and late >= t.success_min_ratio * early:
+        short = _short_of_exhaustion(m)
+        if short:
+            return Classified(Verdict.INFRA, short, m)
         return Classified(Verdict.SUCCESS, f"kept {late:,.0f}/s of an early {early:,.0f}/s", m)
     return Classified(Verdict.SLOWDOWN, _slowdown_text(early, late, m), m)
+
+
+def _short_of_exhaustion(m: dict[str, Any]) -> str:
+    """Why a steady loop proves nothing yet: it never used half the ephemeral ports.
+
+    connect() fills one parity of the port range first; only past that point can 2B run
+    out of ports, so a loop that stopped earlier has not been tested, however fast it was.
+    """
+    ports = m.get("port_range")
+    if not ports:
+        return ""
+    half = (ports[1] - ports[0] + 1) // 2
+    if m.get("iterations", 0) >= half:
+        return ""
+    return (
+        f"inconclusive: {m.get('iterations', 0):,} connections never reached half the "
+        f"port range ({half:,}), where 2B's ports run out; raise window_s or iteration_cap"
+    )
 
 
 def rates(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:

@@ -15,12 +15,13 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matrix import __version__, config, hosts, job, plan, results, rundir
+from matrix import __version__, config, hosts, job, plan, results, rundir, search_cli
 from matrix.errors import ConfigError, KmatrixError
 from matrix.model import Batch
 from matrix.progress import Display
@@ -30,6 +31,7 @@ from matrix.scenarios import SCENARIOS
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.func(args, ["kmatrix", *argv]))
     except KmatrixError as e:
@@ -38,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kmatrix: interrupted", file=sys.stderr)
         return 130
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGTERM outside a run's own handler (a download, the report) ends like Ctrl-C:
+    exit 130 with cleanup, not a silent death by signal that leaves partial files."""
+    raise KeyboardInterrupt
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object per line per cell")
     s.set_defaults(func=cmd_results)
     _history_parsers(sub)
+    search_cli.add_parsers(sub)
     e = sub.add_parser("help-exit-codes", help="what each exit code means")
     e.set_defaults(func=lambda a, v: print(__doc__.split("Exit codes:")[1]) or 0)
     return p
@@ -90,6 +99,9 @@ def _run_parser(sub: Any) -> None:
     r.add_argument("--window", type=float, help="seconds, upper bound of a puzzle-2 cell")
     r.add_argument("--cap", type=int, help="iteration cap of a puzzle-2 cell")
     r.add_argument("--stall", type=float, help="seconds without progress that count as a hang")
+    r.add_argument(
+        "--collapse", type=float, help="stop a loop this long below a tenth of its best rate"
+    )
     r.add_argument(
         "--jobs", type=int, help="VMs at once here (default: fit the machine; 0: only --hosts)"
     )
@@ -155,6 +167,7 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         ("window", "window_s"),
         ("cap", "iteration_cap"),
         ("stall", "stall_s"),
+        ("collapse", "collapse_s"),
     ):
         if getattr(args, opt) is not None:
             overrides[key] = getattr(args, opt)

@@ -179,6 +179,7 @@ _SWEEP_KEYS = {
     "iteration_cap",
     "stall_s",
     "sample_s",
+    "collapse_s",
 }
 
 
@@ -212,6 +213,7 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
         ),
         stall_s=_num(src, f"{where}.stall_s", t.get("stall_s", lim.stall_s)),
         sample_s=_num(src, f"{where}.sample_s", t.get("sample_s", lim.sample_s)),
+        collapse_s=_num(src, f"{where}.collapse_s", t.get("collapse_s", lim.collapse_s), zero=True),
     )
     trials = _int(src, f"{where}.trials", t.get("trials", base.trials), 1)
     return Sweep(scen, sysctls, fixed, trials, limits, swept)
@@ -324,7 +326,8 @@ def _int(src: str, key: str, v: Any, minimum: int) -> int:
     return v
 
 
-def _num(src: str, key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise ConfigError(src, key, f"{v!r}; expected a positive number")
+def _num(src: str, key: str, v: Any, zero: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (v == 0 and not zero):
+        expected = "a number >= 0" if zero else "a positive number"
+        raise ConfigError(src, key, f"{v!r}; expected {expected}")
     return float(v)

@@ -87,6 +87,8 @@ class Limits:
     iteration_cap: int = 20000
     stall_s: float = 10.0
     sample_s: float = 0.2
+    collapse_s: float = 0.0
+    """Stop a puzzle-2 loop that has run below a tenth of its best rate this long (0: never)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Cell:
                 self.limits.iteration_cap,
                 self.limits.stall_s,
                 self.limits.sample_s,
+                self.limits.collapse_s,
             ],
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -140,6 +143,7 @@ class Cell:
             "iteration_cap": self.limits.iteration_cap,
             "stall_s": self.limits.stall_s,
             "sample_s": self.limits.sample_s,
+            "collapse_s": self.limits.collapse_s,
         }
 
 

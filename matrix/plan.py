@@ -132,7 +132,9 @@ def _kernel_from(d: dict[str, Any]) -> ResolvedKernel:
 
 
 def _cell_from(d: dict[str, Any]) -> Cell:
-    limits = Limits(d["window_s"], d["iteration_cap"], d["stall_s"], d["sample_s"])
+    limits = Limits(
+        d["window_s"], d["iteration_cap"], d["stall_s"], d["sample_s"], d.get("collapse_s", 0.0)
+    )
     return Cell(
         d["kernel"],
         d["scenario"],

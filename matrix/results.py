@@ -122,6 +122,8 @@ def repro_command(cell: dict[str, Any]) -> str:
         str(cell["iteration_cap"]),
         "--stall",
         f"{cell['stall_s']:g}",
+        "--collapse",
+        f"{cell.get('collapse_s', 0):g}",
     ]
     return shlex.join(parts)
 

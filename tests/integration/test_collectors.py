@@ -354,3 +354,17 @@ def test_agent_runs_on_python38(tmp_path: Path) -> None:
 
 def test_host_namespace_sysctls_are_unchanged() -> None:
     assert {k: _read_host(k) for k in HOST_KEYS} == HOST_BEFORE
+
+
+def test_a_collapsed_loop_is_stopped_early_and_says_so(tmp_path: Path) -> None:
+    """2B on the full range crawls after ~14,100 connections; with collapse_s the cell
+    ends a few seconds into the crawl instead of at its window."""
+    full = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": FULL_RANGE})
+    c = dict(cell("collapse", "2B", full, window_s=30.0), collapse_s=2.0)
+    doc = run_agent(tmp_path / "out", [c])["collapse"]
+    m = doc["metrics"]
+    assert m["ended_by"] == "collapse", m
+    assert m["elapsed_s"] < 15.0
+    assert m["iterations"] > 14_000
+    assert m["port_range"] == [32768, 60999]
+    assert doc["evidence"]["final"]["state"] == "R"

@@ -150,3 +150,19 @@ def test_rules_text_follows_thresholds() -> None:
     text = dict(rules(Thresholds(success_min_ratio=0.3)))
     assert set(text) == {v.value for v in Verdict}
     assert "0.3x" in text["success"]
+
+
+def test_a_steady_loop_short_of_half_the_port_range_is_inconclusive() -> None:
+    doc = result(series=series([500] * 20))
+    doc["metrics"]["port_range"] = [32768, 60999]
+    c = classify(doc)
+    assert c.verdict is Verdict.INFRA
+    assert "inconclusive: 5,000 connections never reached half the port range (14,116)" in c.reason
+    doc["metrics"]["port_range"] = [40000, 40999]
+    assert classify(doc).verdict is Verdict.SUCCESS
+
+
+def test_a_loop_stopped_for_collapse_is_a_slowdown() -> None:
+    doc = result(series=series([13000] * 4 + [200] * 16))
+    doc["metrics"].update(ended_by="collapse", port_range=[32768, 60999])
+    assert classify(doc).verdict is Verdict.SLOWDOWN
