@@ -1,5 +1,6 @@
 """Sessions: `tests` (everything, as CI runs it), `unit`, `lint`, `matrix` (the main job),
-`nightly` (the full profile, failing on a changed verdict, with a JUnit file for CI).
+`nightly` (the full profile, failing on a changed verdict, with a JUnit file for CI),
+`bench` (kmatrix against bare vng and its own goals; see README "Performance").
 
 Run them through `scripts/nox`, which installs the system packages first.
 """
@@ -69,3 +70,13 @@ def nightly(session: nox.Session) -> None:
     finally:
         if (run_dir / "plan.json").is_file():
             session.run("kmatrix", "export", str(run_dir), "--format", "junit", "--output", junit)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Boot, overhead, report and memory figures against their goals, printed as a table.
+
+    Extra arguments go to benchmarks/bench.py, e.g. `-- --skip-vm-run --repeats 1`.
+    """
+    _install(session)
+    session.run("python", "benchmarks/bench.py", *session.posargs)

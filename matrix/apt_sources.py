@@ -319,6 +319,36 @@ def pick(
     if not matches:
         raise _no_match(kernel, pattern, indexes)
     idx, best = max(matches, key=lambda m: (sort_key(m[1]["Version"]), abi_key(m[1]["Package"])))
+    return with_modules(kernel, suite, idx, best, modules_pattern, indexes)
+
+
+def every_build(
+    kernel: str, suite: str, pattern: str, modules_pattern: str | None, indexes: list[SuiteIndex]
+) -> list[tuple[SuiteIndex, DebFile, DebFile | None]]:
+    """Every package matching `pattern` over all indexes, oldest first, one per version.
+
+    What `kmatrix bisect` walks: a suite keeps a few ABIs of its kernel family (the
+    point release's and the security pocket's), each a separate package name.
+    """
+    matches = [(idx, st) for idx in indexes for st in idx.matching(pattern)]
+    if not matches:
+        raise _no_match(kernel, pattern, indexes)
+    matches.sort(key=lambda m: (sort_key(m[1]["Version"]), abi_key(m[1]["Package"])))
+    unique = {m[1]["Version"]: m for m in matches}
+    return [
+        with_modules(kernel, suite, i, st, modules_pattern, indexes) for i, st in unique.values()
+    ]
+
+
+def with_modules(
+    kernel: str,
+    suite: str,
+    idx: SuiteIndex,
+    best: dict[str, str],
+    modules_pattern: str | None,
+    indexes: list[SuiteIndex],
+) -> tuple[SuiteIndex, DebFile, DebFile | None]:
+    """The image's DebFile and, for the split layout, its modules package's."""
     image = idx.debfile(kernel, best)
     depends = [d.split()[0] for d in re.split(r"[,|]", best.get("Depends", "")) if d.strip()]
     named = [d for d in depends if d.startswith("linux-modules-")]

@@ -187,6 +187,22 @@ class Catalog:
         _write_atomic(path, json.dumps(asdict(resolution), indent=2).encode())
         return resolution
 
+    def builds(self, spec: KernelSpec) -> list[Resolution]:
+        """Every build of the spec's package family its suites still carry, oldest first."""
+        source = spec.source
+        if not isinstance(source, DebianSource):
+            raise CatalogError(f"kernel {spec.name}: a {spec.kind} kernel has no Debian builds")
+        indexes = self._suite_indexes(spec, source)
+        found = apt_sources.every_build(
+            spec.name, source.suite, source.package, source.modules_package, indexes
+        )
+        where = tuple(f"{i.base}/dists/{i.suite}" for i in indexes)
+        return [Resolution(spec.name, im, mo, i.verified, i.note, where) for i, im, mo in found]
+
+    def fetch_build(self, spec: KernelSpec, resolution: Resolution) -> ResolvedKernel:
+        """One exact build (not the newest): downloaded, verified and cached like any other."""
+        return self._installed(spec, resolution) or self._install(spec, resolution)
+
     def cached(self, spec: KernelSpec) -> ResolvedKernel | None:
         """The kernel if everything is on disk already; never touches the network."""
         source = spec.source
@@ -312,6 +328,9 @@ class Catalog:
             raise CatalogError(
                 f"kernel {kernel}: download of {url} failed after {done} of {size} bytes: {exc!r}"
             ) from exc
+        except BaseException:  # Ctrl-C or SIGTERM mid-download: leave no .part behind
+            part.unlink(missing_ok=True)
+            raise
         if done != size or digest.hexdigest() != sha256:
             part.unlink(missing_ok=True)
             if done < size:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -33,6 +34,12 @@ COLOURS = {
 def clean(text: Any) -> str:
     """Strip terminal escape sequences and control characters (newlines and tabs stay)."""
     return sanitize.clean(str(text))
+
+
+def task_label(text: Any) -> str:
+    """A progress-bar description: rich parses those as markup, so a release or a file
+    name holding "[/]" would crash the display and "[red]" would restyle it."""
+    return escape(clean(text))
 
 
 class Display:
@@ -64,7 +71,7 @@ class Display:
         """Catalog progress: one bar per file being downloaded."""
         with self.lock:
             if label not in self.tasks:
-                self.tasks[label] = self.progress.add_task(clean(label), total=total or None)
+                self.tasks[label] = self.progress.add_task(task_label(label), total=total or None)
                 self.progress.start()
             self.progress.update(self.tasks[label], completed=done)
             if total and done >= total:
@@ -79,7 +86,7 @@ class Display:
         for b in batches:
             if b.kernel.spec.name not in failures:
                 self.tasks[b.kernel.spec.name] = self.progress.add_task(
-                    f"{b.kernel.spec.name} ({clean(b.kernel.release)})", total=len(b.cells)
+                    task_label(f"{b.kernel.spec.name} ({b.kernel.release})"), total=len(b.cells)
                 )
                 for c in b.cells:
                     self.labels[c.id] = f"{c.scenario} {sysctl_label(c.sysctls, fixed)}"

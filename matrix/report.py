@@ -27,6 +27,7 @@ from markupsafe import Markup
 from matrix import explain, sanitize
 from matrix.plots import RatePlotter
 from matrix.scenarios import SCENARIOS
+from matrix.threshold_report import is_threshold_run, render_threshold
 
 if TYPE_CHECKING:
     from matrix.results import RunData
@@ -261,6 +262,7 @@ def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "counts": counts,
         "total": len(rows),
         "failures": [k for k in kernels if k["failure"]],
+        "threshold_page": is_threshold_run(run.run_dir),
     }
 
 
@@ -407,4 +409,6 @@ def render_report(run: RunData, out_dir: Path) -> Path:
     render_cells(pages, cells_dir, tdir)
     index = out_dir / "index.html"
     index.write_text(index_html, encoding="utf-8")
+    if is_threshold_run(run.run_dir):
+        render_threshold(run, out_dir, environment(tdir))
     return index

@@ -43,10 +43,12 @@ def batch_budget_s(batch: Batch, slack_s: float = AGENT_SLACK_S) -> float:
     return sum(cell_budget_s(c.limits, slack_s) for c in batch.cells)
 
 
-def agent_argv(workdir: Path, python: str) -> list[str]:
-    """The agent's command line for a batch prepared in `workdir`."""
+def agent_argv(workdir: Path, python: str, agent: Path | None = None) -> list[str]:
+    """The agent's command line for a batch prepared in `workdir`; `agent` replaces the
+    real one (tests use it to play a guest that crashes, lies or never answers)."""
     out = workdir / "out"
-    return [python, str(agent_path()), "--cells", str(workdir / "cells.json"), "--out", str(out)]
+    script = str(agent or agent_path())
+    return [python, script, "--cells", str(workdir / "cells.json"), "--out", str(out)]
 
 
 class ResultCollector:

@@ -32,9 +32,13 @@ class HostRunner:
 
     name = "host"
 
-    def __init__(self, python: str = sys.executable, poll_s: float = 0.3) -> None:
+    def __init__(
+        self, python: str = sys.executable, poll_s: float = 0.3, agent: Path | None = None
+    ) -> None:
         self.python = python
         self.poll_s = poll_s
+        self.agent = agent
+        """The agent script to run; None is the real one (see `agent_io.agent_argv`)."""
 
     def check(self) -> None:
         if os.geteuid() != 0:
@@ -57,7 +61,8 @@ class HostRunner:
         log_path = workdir / "agent.log"
         collector = ResultCollector(out, [c.id for c in batch.cells], on_result)
         deadline = start + batch_budget_s(batch)
-        session = procs.start_session(agent_argv(workdir, self.python), log_path, cwd=workdir)
+        argv = agent_argv(workdir, self.python, self.agent)
+        session = procs.start_session(argv, log_path, cwd=workdir)
         try:
             failure = self._wait(session, collector, stop, deadline)
         finally:

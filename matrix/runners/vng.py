@@ -189,11 +189,15 @@ class VngRunner:
         accel: str = "auto",
         boot_timeout_s: float = 120.0,
         extra_per_cell_s: float = 30.0,
+        agent: Path | None = None,
     ) -> None:
         if accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
         self.memory_mb, self.cpus, self.accel = memory_mb, cpus, accel
         self.boot_timeout_s, self.extra_per_cell_s = boot_timeout_s, extra_per_cell_s
+        self.agent = agent
+        """The agent script the guest runs; None is the real one. The guest sees it
+        through the host's root, shared read-only (see `agent_io.agent_argv`)."""
         self.accel_choices: dict[str, tuple[str, str]] = {}
         """Kernel release -> (accelerator, why), for the run's manifest."""
 
@@ -255,7 +259,7 @@ class VngRunner:
 
     def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
         image = stage_kernel(kernel, workdir / "kernel")
-        cmd = shlex.join(agent_argv(workdir, guest_python()))
+        cmd = shlex.join(agent_argv(workdir, guest_python(), self.agent))
         return vng_argv(
             image=image,
             accel=accel,

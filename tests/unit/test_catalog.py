@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import functools
-import gzip
 import hashlib
 import json
-import lzma
 import os
 import re
 import shutil
-import subprocess
-import threading
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from debmirror import Server, build_tree, fake_bzimage, serve  # noqa: E402
 
 from matrix import apt_sources
 from matrix.catalog import Catalog, bzimage_release
@@ -25,77 +22,7 @@ from matrix.debversion import compare, sort_key
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, HostSource, KernelSpec, PathSource
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "catalog"
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
-
-
-def fake_bzimage(release: str) -> bytes:
-    """Just enough of an x86 boot header for the release string to be found."""
-    data = bytearray(0x400)
-    data[0x202:0x206] = b"HdrS"
-    data[0x20E:0x210] = (0x100).to_bytes(2, "little")
-    text = f"{release} (test@kmatrix) #1 SMP".encode() + b"\0"
-    data[0x300 : 0x300 + len(text)] = text
-    return bytes(data)
-
-
-def _tree(package: str) -> dict[str, bytes]:
-    """The files a package of this name holds, in the real layouts (classic or split)."""
-    if package.startswith("linux-image-") and package.endswith("-unsigned"):
-        rel = package.removeprefix("linux-image-").removesuffix("-unsigned")
-        return {
-            f"boot/vmlinuz-{rel}": fake_bzimage(rel),
-            f"lib/modules/{rel}/modules.order": b"kernel/net/dummy.ko\n",
-            f"lib/modules/{rel}/kernel/net/dummy.ko": b"\0",
-        }
-    if package.startswith("linux-binary-"):
-        rel = package.removeprefix("linux-binary-")
-        return {
-            f"usr/lib/modules/{rel}/vmlinuz": fake_bzimage(rel),
-            f"usr/lib/modules/{rel}/modules.builtin": b"",
-        }
-    if package.startswith("linux-modules-"):
-        rel = package.removeprefix("linux-modules-")
-        return {
-            f"usr/lib/modules/{rel}/modules.order": b"kernel/net/dummy.ko\n",
-            f"usr/lib/modules/{rel}/kernel/net/dummy.ko": b"\0",
-        }
-    return {f"usr/share/doc/{package}/README": b"a meta package\n"}
-
-
-def build_deb(package: str, version: str, out: Path, work: Path) -> None:
-    root = work / f"{package}_{version}"
-    for rel, data in {**_tree(package), "DEBIAN/control": None}.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(
-            data
-            if data is not None
-            else (
-                f"Package: {package}\nVersion: {version}\nArchitecture: amd64\n"
-                "Maintainer: kmatrix tests <tests@example.invalid>\nDescription: test\n"
-            ).encode()
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(root), str(out)],
-        check=True,
-        capture_output=True,
-    )
-
-
-def _render(template: Path, mirror_root: Path, work: Path) -> str:
-    """Fill @SHA256@/@SIZE@ with the hash and size of a freshly built .deb."""
-    stanzas = []
-    for stanza in template.read_text().split("\n\n"):
-        if "@SIZE@" in stanza:
-            fields = dict(re.findall(r"^(\w+): (.*)$", stanza, re.M))
-            deb = mirror_root / fields["Filename"]
-            build_deb(fields["Package"], fields["Version"], deb, work)
-            sha = hashlib.sha256(deb.read_bytes()).hexdigest()
-            stanza = stanza.replace("@SHA256@", sha).replace("@SIZE@", str(deb.stat().st_size))
-        stanzas.append(stanza)
-    return "\n\n".join(stanzas)
 
 
 @pytest.fixture(scope="module")
@@ -103,64 +30,12 @@ def mirror_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Copy the fixture tree, build the debs, write Packages.xz/.gz and unsigned InRelease."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("needs dpkg-deb")
-    top = tmp_path_factory.mktemp("mirror")
-    shutil.copytree(FIXTURES, top, dirs_exist_ok=True)
-    for template in sorted(top.glob("*/dists/*/main/binary-amd64/Packages.in")):
-        archive, suite_dir = template.parents[4], template.parents[2]
-        text = _render(template, archive, tmp_path_factory.mktemp("debs")).encode()
-        template.unlink()
-        name = "Packages.gz" if suite_dir.name == "trixie" else "Packages.xz"
-        data = gzip.compress(text) if name.endswith(".gz") else lzma.compress(text)
-        (template.parent / name).write_bytes(data)
-        sha = hashlib.sha256(data).hexdigest()
-        (suite_dir / "InRelease").write_text(
-            f"Origin: Debian\nSuite: {suite_dir.name}\nCodename: {suite_dir.name}\nSHA256:\n"
-            f" {'0' * 64} 1 main/binary-amd64/Packages\n"
-            f" {sha} {len(data)} main/binary-amd64/{name}\n"
-        )
-    return top
-
-
-@dataclass
-class Server:
-    url: str
-    requests: list[str] = field(default_factory=list)
-    httpd: ThreadingHTTPServer | None = None
-
-    def stop(self) -> None:
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    """Serves the tree; anything under a `truncated/` folder is cut off half way."""
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        return
-
-    def do_GET(self) -> None:
-        self.server.requests.append(self.path)  # type: ignore[attr-defined]
-        if "/truncated/" not in self.path:
-            super().do_GET()
-            return
-        data = Path(self.translate_path(self.path)).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.close_connection = True
+    return build_tree(tmp_path_factory.mktemp("mirror"), tmp_path_factory.mktemp("debs"))
 
 
 @pytest.fixture
 def server(mirror_tree: Path) -> Iterator[Server]:
-    httpd = ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Handler, directory=str(mirror_tree))
-    )
-    srv = Server(f"http://127.0.0.1:{httpd.server_address[1]}", httpd=httpd)
-    httpd.requests = srv.requests  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    srv = serve(mirror_tree)
     yield srv
     srv.stop()
 
