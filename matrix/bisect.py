@@ -36,8 +36,8 @@ class Build:
 
     @property
     def name(self) -> str:
-        """A row name that is also a safe file name (batches/<name>.json)."""
-        return re.sub(r"[^A-Za-z0-9._+~@-]", "_", f"{self.family.name}@{self.version}")
+        """A row name that is also a safe file name and vng --rwdir path (no '@', '+', '~')."""
+        return re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.family.name}-{self.version}")
 
     def spec(self) -> KernelSpec:
         mods = self.resolution.modules

@@ -154,7 +154,8 @@ def cmd_bisect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.list:
         return 0
     limits = _limits(cfg, args)
-    fixed = dict(DEFAULT_FIXED.get(args.scenario, {}))
+    fixed = dict(cfg.sweep.fixed)
+    fixed.update({k: v for k, v in DEFAULT_FIXED.get(args.scenario, {}).items() if k not in fixed})
     fixed.update(_pairs(args.sysctl, "--sysctl"))
     bis = bisect.Bisection(builds, args.scenario, tuple(fixed.items()), max(1, args.trials), limits)
     runner_for = cli.runner_factory(cfg)

@@ -62,7 +62,7 @@ def test_candidates_pick_and_names() -> None:
     assert bisect.pick(POOL, "6.1.20-1", "6.1@6.1.20-1") is POOL[1]
     with pytest.raises(ConfigError, match="6.1.10-1"):
         bisect.pick(POOL, "6.1.99-1", "6.1@6.1.99-1")
-    assert build("7.3~rc7-1~exp1").name == "6.1@7.3~rc7-1~exp1"
+    assert build("7.3~rc7-1~exp1").name == "6.1-7.3_rc7-1_exp1"
     assert "only the two ends" in bisect.thin_note(POOL[:2])
     assert "only one build" in bisect.thin_note(POOL[:3])
     assert bisect.thin_note(POOL) == ""
@@ -89,7 +89,7 @@ class FakeRounds:
 
     def run(self, new: dict[str, list[Cell]]) -> dict[str, str]:
         ((name, cells),) = new.items()
-        minor = int(name.split("@6.1.")[1].split("-")[0])
+        minor = int(name.split("-6.1.")[1].split("-")[0])
         return {c.id: "slowdown" if minor >= 50 else "success" for c in cells}
 
     def batch_failure(self, kernel: str) -> str:
