@@ -35,9 +35,8 @@ from matrix.model import Batch, Cell, KernelSpec, Limits, PathSource, ResolvedKe
 from matrix.progress import Display
 from matrix.runners.host import HostRunner
 from matrix.runners.vng import VngRunner, find_tool
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from debmirror import Handler, Server, build_tree, serve  # noqa: E402
+from tests.fixtures.debmirror import Handler, Server, build_tree, serve
+from tests.fixtures.sshd import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTORS = REPO / "collectors"
@@ -451,22 +450,6 @@ def test_sigterm_while_fetching_exits_130_and_leaves_no_part_file(
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not list(debs.glob("*")) if debs.exists() else True
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 @needs_vng

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import sshd  # noqa: E402
+from tests.fixtures import sshd
 
 pytestmark = [
     pytest.mark.integration,

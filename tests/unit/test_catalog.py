@@ -7,20 +7,17 @@ import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from debmirror import Server, build_tree, fake_bzimage, serve  # noqa: E402
 
 from matrix import apt_sources
 from matrix.catalog import Catalog, bzimage_release
 from matrix.debversion import compare, sort_key
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, HostSource, KernelSpec, PathSource
+from tests.fixtures.debmirror import Server, build_tree, fake_bzimage, serve
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 
