@@ -7,18 +7,15 @@ batches go on.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
-import time
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from matrix import rundir
-from matrix.errors import KmatrixError
+from matrix.attempt import attempt, failed, fresh_workdir
 from matrix.model import Batch, BatchOutcome
 from matrix.runners import Runner
 from matrix.schedule import Machine, Scheduler
@@ -60,42 +57,20 @@ def _one(
 ) -> BatchOutcome:
     name = batch.kernel.spec.name
     if stop.is_set():
-        outcome = _failed(runner, "interrupted before it started")
+        outcome = failed(runner, "interrupted before it started")
     elif not batch.cells:
-        outcome = _failed(runner, "")
+        outcome = failed(runner, "")
     else:
         progress(name, "start", None)
-        workdir = run_dir / "work" / name
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
 
         def keep(cell_id: str, result: dict[str, Any]) -> None:
             rundir.write_json(run_dir / "cells" / f"{cell_id}.json", result)
             progress(name, "result", result)
 
-        start = time.monotonic()
-        try:
-            outcome = runner.run_batch(batch, workdir, stop, keep)
-        except KmatrixError as e:
-            outcome = _failed(runner, str(e), time.monotonic() - start)
-        except Exception as e:  # noqa: BLE001 - a runner bug must not take the run down
-            detail = traceback.format_exc(limit=5)
-            outcome = _failed(runner, f"runner error: {e!r}", time.monotonic() - start, detail)
+        outcome = attempt(runner, batch, fresh_workdir(run_dir, name), stop, keep)
     record_outcome(run_dir, name, outcome)
     progress(name, "done", None)
     return outcome
-
-
-def _failed(runner: Runner, why: str, wall_s: float = 0.0, tail: str = "") -> BatchOutcome:
-    return BatchOutcome(
-        results={},
-        runner=runner.name,
-        accelerator="",
-        host="",
-        failure=why,
-        console_tail=tail,
-        wall_s=wall_s,
-    )
 
 
 def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:

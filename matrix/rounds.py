@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matrix import job, plan, rundir
+from matrix import job, plan, rundir, sanitize
 from matrix.classify import classify
 from matrix.config import Config
 from matrix.execute import run_batches
@@ -29,7 +29,8 @@ def print_progress(kernel: str, event: str, result: dict[str, Any] | None) -> No
     requested = (result.get("sysctls") or {}).get("requested") or {}
     verdict = classify(result).verdict.value
     values = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in requested.items())
-    print(f"  {kernel}: {result.get('scenario')} {values}: {verdict}", file=sys.stderr, flush=True)
+    line = f"  {kernel}: {result.get('scenario')} {values}: {verdict}"
+    print(sanitize.clean(line), file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -10,10 +10,7 @@ were written the moment they arrived.
 
 from __future__ import annotations
 
-import shutil
 import threading
-import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from matrix import rundir
-from matrix.errors import HostLost, KmatrixError
+from matrix.attempt import attempt, fresh_workdir
+from matrix.errors import HostLost
 from matrix.model import Batch, BatchOutcome
 from matrix.runners import Runner
 
@@ -136,9 +134,7 @@ class Scheduler:
     def _run(self, job: Job, machine: Machine) -> None:
         name = job.batch.kernel.spec.name
         runner = machine.runner_for(job.batch)
-        workdir = self.run_dir / "work" / job.workdir_name
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
+        workdir = fresh_workdir(self.run_dir, job.workdir_name)
         kept: set[str] = set()
 
         def keep(cell_id: str, result: dict[str, Any]) -> None:
@@ -148,17 +144,11 @@ class Scheduler:
             self.progress(name, "result", result)
 
         self.progress(name, "start", None)
-        start = time.monotonic()
         try:
-            outcome = runner.run_batch(job.batch, workdir, self.stop, keep)
+            outcome = attempt(runner, job.batch, workdir, self.stop, keep)
         except HostLost as e:
             self._lost(job, machine, kept, str(e))
             return
-        except KmatrixError as e:
-            outcome = _failed(runner, str(e), time.monotonic() - start)
-        except Exception as e:  # noqa: BLE001 - a runner bug must not take the run down
-            tail = traceback.format_exc(limit=5)
-            outcome = _failed(runner, f"runner error: {e!r}", time.monotonic() - start, tail)
         self._finish(job, outcome)
 
     def _lost(self, job: Job, machine: Machine, kept: set[str], why: str) -> None:
@@ -191,7 +181,3 @@ class Scheduler:
 
 def _dropped(job: Job) -> str:
     return "; ".join(f"host {n} dropped: {why}" for n, why in job.lost_on)
-
-
-def _failed(runner: Runner, why: str, wall_s: float = 0.0, tail: str = "") -> BatchOutcome:
-    return BatchOutcome({}, runner.name, "", "", failure=why, console_tail=tail, wall_s=wall_s)

@@ -21,7 +21,7 @@ from typing import Any
 
 from fabric import Connection
 
-from matrix import plan
+from matrix import plan, sanitize
 from matrix.errors import HostLost, PrerequisiteError
 from matrix.hosts import HostSpec
 from matrix.model import Batch, BatchOutcome, ResolvedKernel
@@ -115,7 +115,7 @@ class RemoteRunner:
             accelerator=doc.get("accelerator", "none (remote host kernel)"),
             host=self.host.name,
             console_log=log,
-            console_tail=(doc.get("console_tail") or _tail(log)) if failure else "",
+            console_tail=(doc.get("console_tail") or sanitize.tail(log)) if failure else "",
             failure=failure,
             boot_s=doc.get("boot_s", 0.0),
             wall_s=time.monotonic() - started,
@@ -246,13 +246,6 @@ class RemoteRunner:
         return ResolvedKernel(
             kernel.spec, kernel.release, Path(image), mods, kernel.sha256, kernel.package_version
         )
-
-
-def _tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _parse(data: bytes) -> dict[str, Any]:

@@ -408,11 +408,7 @@ class StallingHandler(Handler):
         if not self.path.endswith(".deb"):
             super().do_GET()
             return
-        data = Path(self.translate_path(self.path)).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
+        self.send_half()
         self.wfile.flush()
         time.sleep(30)
 
