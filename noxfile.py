@@ -80,3 +80,14 @@ def bench(session: nox.Session) -> None:
     """
     _install(session)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def noise(session: nox.Session) -> None:
+    """Verdicts under a CPU burner (stress-ng, which `scripts/nox -s noise` installs): three
+    runs of host, 6.1 and 6.12 and the cells that disagree; ~30 minutes of both cores.
+
+    Extra arguments go to benchmarks/noise.py, e.g. `-- --kernels host --runs 2`.
+    """
+    _install(session)
+    session.run("python", "benchmarks/noise.py", *session.posargs)

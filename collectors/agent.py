@@ -36,6 +36,7 @@ CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SCENARIOS = {"1A": "puzzle1", "1B": "puzzle1", "2A": "puzzle2", "2B": "puzzle2"}
 LIMIT_KEYS = ("window_s", "iteration_cap", "stall_s", "sample_s")
+OPTIONAL_LIMIT_KEYS = ("collapse_s", "knee_margin", "knee_margin_s")
 CELL_KEYS = ("id", "scenario", "sysctls", "trial") + LIMIT_KEYS
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEADLINE_SLACK_S = 30.0
@@ -98,6 +99,7 @@ def load_puzzle(name: str) -> Any:
         f"kmatrix_{name}", Path(__file__).resolve().with_name(f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -138,7 +140,8 @@ def new_result(cell: dict[str, Any], parent_inode: int, started_at: float) -> di
             "read_back": {k: None for k in cell["sysctls"]},
             "problems": [],
         },
-        "limits": {k: cell[k] for k in LIMIT_KEYS},
+        "limits": {k: cell[k] for k in LIMIT_KEYS + OPTIONAL_LIMIT_KEYS if k in cell},
+        "attempt": cell.get("attempt", 1),
         "metrics": {},
         "series": [],
         "evidence": {"stall": None, "final": None},
@@ -349,29 +352,74 @@ def host_baseline(cells: list) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def host_changes(baseline: dict[str, str], cell_id: str) -> list:
-    """Sysctls of the starting namespace that differ from the baseline, each put back."""
+def requested_values(cells: list) -> dict:
+    """Per key, every value (normalised) that a cell of this batch asks for."""
+    values: dict = {}
+    for cell in cells:
+        for key, value in cell["sysctls"].items():
+            values.setdefault(key, set()).add(normalise(str(value)))
+    return values
+
+
+def restore_sysctl(key: str, value: str) -> bool:
+    """Write `value` back; True if it reads back as written."""
+    try:
+        write_sysctl(key, value)
+    except OSError:
+        return False
+    return read_sysctl(key) == value
+
+
+def host_changes(baseline: dict[str, str], cell_id: str, ours: dict) -> list:
+    """Sysctls of the starting namespace that differ from the baseline, each an error.
+
+    The agent may only undo its own damage: a value that one of this batch's cells
+    asked for (`ours`, from requested_values) is put back. Any other value was set by
+    someone else (an administrator, another tool) and is left as it is.
+    """
     changes = []
     for key, before in baseline.items():
         after = read_sysctl(key)
         if after == before:
             continue
-        try:
-            write_sysctl(key, before)
-            restored = read_sysctl(key) == before
-        except OSError:
-            restored = False
+        from_cell = after in ours.get(key, ())
+        restored = from_cell and restore_sysctl(key, before)
+        if restored:
+            action = f"a cell's value; put back to {before!r}"
+        elif from_cell:
+            action = f"a cell's value; putting back {before!r} failed"
+        else:
+            action = "not a value any cell of this batch wrote; left alone"
         changes.append(
-            {"cell_id": cell_id, "key": key, "before": before, "after": after, "restored": restored}
+            {
+                "cell_id": cell_id,
+                "key": key,
+                "before": before,
+                "after": after,
+                "from_cell": from_cell,
+                "restored": restored,
+                "action": action,
+            }
         )
     return changes
+
+
+def host_error(changes: list) -> str:
+    """One line for people: what changed in the starting namespace, and what was done."""
+    if not changes:
+        return ""
+    parts = [
+        f"{c['key']} {c['before']!r} -> {c['after']!r} after cell {c['cell_id']} ({c['action']})"
+        for c in changes
+    ]
+    return "sysctls of the starting network namespace changed: " + "; ".join(parts)
 
 
 def run_batch(cells: list, out: Path) -> tuple:
     """Every cell in order, skipping finished ones; stops at the first host sysctl leak."""
     puzzles = {name: load_puzzle(name) for name in set(SCENARIOS.values())}
     parent_inode = netns_inode()
-    baseline = host_baseline(cells)
+    baseline, ours = host_baseline(cells), requested_values(cells)
     skipped, changed = 0, []
     for cell in cells:
         if valid_result(out / f"{cell['id']}.json", cell["id"]):
@@ -380,7 +428,7 @@ def run_batch(cells: list, out: Path) -> tuple:
             continue
         status = execute(cell, puzzles[SCENARIOS[cell["scenario"]]], parent_inode, out)
         emit("KMATRIX-CELL", cell["id"], status, cell["scenario"])
-        changed = host_changes(baseline, cell["id"])
+        changed = host_changes(baseline, cell["id"], ours)
         if changed:
             emit("KMATRIX-AGENT-HOST-SYSCTL-CHANGED", " ".join(c["key"] for c in changed))
             break
@@ -422,6 +470,7 @@ def main(argv: list | None = None) -> int:
             "cells_done": done,
             "cells_skipped": skipped,
             "host_sysctl_changed": changed,
+            "host_sysctl_error": host_error(changed),
         },
     )
     emit("KMATRIX-AGENT-DONE", done)

@@ -14,23 +14,27 @@ import mmap
 import os
 import signal
 import socket
-import struct
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 PORT = 1234
 PHASES = ("socket", "connect", "accept", "close", "bind", "listen")
-RUNNING, CAP, WINDOW, ERROR = 0, 1, 2, 3
-ENDED_BY = {CAP: "cap", WINDOW: "window", ERROR: "error"}
-# Shared header, 8-byte slots: iterations, end code, errno, error iteration, error phase,
-# the loop's own elapsed seconds. One float64 latency per iteration follows it.
-HEADER = struct.Struct("<qqqqqd")
-HEADER_SIZE = 64
+RUNNING, CAP, WINDOW, ERROR, TARGET = 0, 1, 2, 3, 4
+ENDED_BY = {CAP: "cap", WINDOW: "window", ERROR: "error", TARGET: "target"}
+# Shared header, 8-byte words: iterations, end code, errno, error iteration, error phase,
+# stop request (from the monitor), the loop's own elapsed seconds (a float64). One
+# float64 connect() latency per iteration follows the header.
+ITERATIONS, CODE, ERRNO, ERR_ITERATION, ERR_PHASE, STOP, ELAPSED = range(7)
+HEADER_WORDS = 8
+HEADER_SIZE = 8 * HEADER_WORDS
 WINDOW_GRACE_S = 1.0  # the loop checks the window itself; the monitor kills it after this
+TARGET_GRACE_S = 5.0  # after a stop request the loop ends at its next iteration
 COLLAPSE_RATIO = 0.1
-"""Below this share of its best rate for collapse_s, a loop is stopped early."""
+"""Past the knee, below this share of the rate before it for collapse_s, a loop is
+stopped early: the crawl is established."""
 NSTAT_KEYS = (
     "TcpExtTW",
     "TcpExtTWRecycled",
@@ -42,72 +46,100 @@ NSTAT_KEYS = (
 
 
 class Shared:
-    """The anonymous MAP_SHARED region the loop child writes and the monitor reads."""
+    """The anonymous MAP_SHARED region the loop child writes and the monitor reads.
+
+    Every slot is one aligned 8-byte word, stored and loaded through a memoryview cast
+    to int64 or float64: one machine store and one load each, so the monitor never sees
+    half a value. (`struct.pack_into` zeroes its target before writing it, so a reader
+    racing it could see 0 in the middle of a run.)
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = max(1, cap)
         self.mem = mmap.mmap(-1, HEADER_SIZE + 8 * self.cap)
+        self.words = memoryview(self.mem).cast("q")
+        self.floats = memoryview(self.mem).cast("d")
 
     def header(self) -> tuple:
-        return HEADER.unpack_from(self.mem, 0)
+        w = self.words
+        return (w[ITERATIONS], w[CODE], w[ERRNO], w[ERR_ITERATION], w[ERR_PHASE])
 
     def iterations(self) -> int:
-        return struct.unpack_from("<q", self.mem, 0)[0]
+        return self.words[ITERATIONS]
+
+    def elapsed(self) -> float:
+        return self.floats[ELAPSED]
+
+    def request_stop(self) -> None:
+        self.words[STOP] = 1
 
     def latencies(self, start: int, stop: int) -> list:
         """connect() latencies in microseconds of iterations [start, stop)."""
         stop = min(stop, self.cap)
         if stop <= start:
             return []
-        return list(struct.unpack_from(f"<{stop - start}d", self.mem, HEADER_SIZE + 8 * start))
+        return self.floats[HEADER_WORDS + start : HEADER_WORDS + stop].tolist()
 
-
-def _one_iteration(s: socket.socket, scenario: str, phase: list) -> float:
-    """The seed's loop body; returns connect()'s microseconds, `phase[0]` names the call."""
-    phase[0] = 0
-    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
-    phase[0] = 1
-    t0 = time.perf_counter()
-    c.connect(("127.0.0.1", PORT))
-    took = (time.perf_counter() - t0) * 1e6
-    phase[0] = 2
-    sc, _ = s.accept()
-    phase[0] = 3
-    if scenario == "2A":
-        sc.close()
-        c.close()
-    else:
-        c.close()
-        sc.close()
-    return took
+    def close(self) -> None:
+        self.words.release()
+        self.floats.release()
+        self.mem.close()
 
 
 def _loop(shared: Shared, scenario: str, window_s: float) -> None:
-    """The child's work: listen on :1234, then iterate until the cap, window or an error."""
+    """The child's work: listen on :1234, then the seed's loop body until the cap, the
+    window, a stop request or an error. Kept flat and lean: every extra step per
+    iteration slows the very rate being measured."""
     start = time.monotonic()
     deadline = start + window_s
-    mem, i, phase, code = shared.mem, 0, [0], WINDOW
+    words, floats, cap = shared.words, shared.floats, shared.cap
+    server_first = scenario == "2A"
+    i, phase, code = 0, 0, WINDOW
+    perf, mono = time.perf_counter, time.monotonic
+    new_socket, af, stream, addr = (
+        socket.socket,
+        socket.AF_INET,
+        socket.SOCK_STREAM,
+        ("127.0.0.1", PORT),
+    )
     try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
-        phase[0] = 4
-        s.bind(("127.0.0.1", PORT))
-        phase[0] = 5
+        s = new_socket(af, stream, 0)
+        phase = 4
+        s.bind(addr)
+        phase = 5
         s.listen(16)
         while True:
-            if i >= shared.cap:
+            if i >= cap:
                 code = CAP
                 break
-            if time.monotonic() >= deadline:
+            if words[STOP]:
+                code = TARGET
                 break
-            took = _one_iteration(s, scenario, phase)
-            struct.pack_into("<d", mem, HEADER_SIZE + 8 * i, took)
+            if not i & 15 and mono() >= deadline:
+                break
+            phase = 0
+            c = new_socket(af, stream, 0)
+            phase = 1
+            t0 = perf()
+            c.connect(addr)
+            took = perf() - t0
+            phase = 2
+            sc, _ = s.accept()
+            phase = 3
+            if server_first:
+                sc.close()
+                c.close()
+            else:
+                c.close()
+                sc.close()
+            floats[HEADER_WORDS + i] = took * 1e6
             i += 1
-            struct.pack_into("<q", mem, 0, i)
+            words[ITERATIONS] = i
     except OSError as e:
-        struct.pack_into("<qqq", mem, 16, e.errno or 0, i, phase[0])
+        words[ERRNO], words[ERR_ITERATION], words[ERR_PHASE] = e.errno or 0, i, phase
         code = ERROR
-    struct.pack_into("<d", mem, 40, time.monotonic() - start)
-    struct.pack_into("<q", mem, 8, code)
+    floats[ELAPSED] = time.monotonic() - start
+    words[CODE] = code
 
 
 def _read(path: str) -> str:
@@ -178,30 +210,56 @@ def percentiles(values: list) -> dict[str, Any]:
     return {"count": n, "p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": rank(1.0)}
 
 
-class Watch:
-    """The monitor's view of one loop child: its samples and when it last made progress."""
+@dataclass(frozen=True)
+class Goal:
+    """When a loop has shown enough: `margin` connections and `margin_s` seconds past
+    the knee (half the port range, where 2B's ports run out), so that a crawl would
+    show in its late rate. None for the knee when the port range is unknown; None for
+    the margins when the cell sets none (it then runs to its limits)."""
 
-    def __init__(self, pid: int, shared: Shared, stall_s: float, collapse_s: float = 0.0) -> None:
+    knee: int | None
+    margin: int | None
+    margin_s: float | None
+
+
+class Watch:
+    """The monitor's view of one loop child: its samples, when it last made progress,
+    and when it passed the knee."""
+
+    def __init__(
+        self, pid: int, shared: Shared, stall_s: float, collapse_s: float, goal: Goal
+    ) -> None:
         self.pid, self.shared, self.stall_s = pid, shared, stall_s
-        self.collapse_s = collapse_s
-        self.peak_rate = 0.0
+        self.collapse_s, self.goal = collapse_s, goal
         self.t0 = time.monotonic()
         self.series: list = []
         self.seen = 0
+        self.regressions = 0
         self.progress_at = self.t0
+        self.knee_t: float | None = None
         self.last_live: dict[str, Any] | None = None
         self.stall: dict[str, Any] | None = None
+
+    def _count(self) -> int:
+        """The shared counter, which only grows: a smaller reading is impossible, so it
+        is counted (it would mean a torn read) and the previous value is kept."""
+        got = self.shared.iterations()
+        if got < self.seen:
+            self.regressions += 1
+            return self.seen
+        return got
 
     def sample(self) -> None:
         """One series point; remembers the last evidence taken while the child was alive."""
         now = time.monotonic()
-        iterations = self.shared.iterations()
+        iterations = self._count()
         summary = percentiles(self.shared.latencies(self.seen, iterations))
         state, utime, stime = _proc_stat(self.pid)
         wchan = _wchan(self.pid)
+        t = round(now - self.t0, 3)
         self.series.append(
             {
-                "t": round(now - self.t0, 3),
+                "t": t,
                 "iterations": iterations,
                 "tw": _sockstat_tw(),
                 "state": state,
@@ -214,6 +272,9 @@ class Watch:
         )
         if iterations != self.seen:
             self.seen, self.progress_at = iterations, now
+        knee = self.goal.knee
+        if self.knee_t is None and knee is not None and iterations >= knee:
+            self.knee_t = t
         if state not in (None, "Z", "X"):
             self.last_live = evidence(self.pid)
 
@@ -225,17 +286,28 @@ class Watch:
                 return (last["iterations"] - earlier["iterations"]) / (last["t"] - earlier["t"])
         return None
 
-    def collapsed(self) -> bool:
-        """Still progressing, but below COLLAPSE_RATIO of the best 1-second rate for a
-        whole collapse_s: the outcome is clear, so the cell need not wait for its window.
-        No progress at all is left to the stall rule, which keeps hang evidence."""
-        if not self.collapse_s or not self.series:
+    def reached_goal(self) -> bool:
+        """Past the knee by both margins: the cell has shown what it must."""
+        goal = self.goal
+        if self.knee_t is None or goal.knee is None or goal.margin is None:
             return False
-        recent = self._rate_over(1.0)
-        if recent is not None:
-            self.peak_rate = max(self.peak_rate, recent)
+        last = self.series[-1]
+        return last["iterations"] >= goal.knee + goal.margin and last["t"] - self.knee_t >= (
+            goal.margin_s or 0.0
+        )
+
+    def collapsed(self) -> bool:
+        """Past the knee, still progressing, but below COLLAPSE_RATIO of the rate before
+        the knee for a whole collapse_s: the crawl is clear, so the cell can stop. Before
+        the knee nothing is stopped: a dip there is the machine, not the puzzle. No
+        progress at all is left to the stall rule, which keeps hang evidence."""
+        if not self.collapse_s or self.knee_t is None or not self.knee_t > 0:
+            return False
+        if self.series[-1]["t"] - self.knee_t < self.collapse_s:
+            return False
+        before = (self.goal.knee or 0) / self.knee_t
         slow = self._rate_over(self.collapse_s)
-        if slow is None or slow <= 0 or slow >= COLLAPSE_RATIO * self.peak_rate:
+        if slow is None or slow <= 0 or slow >= COLLAPSE_RATIO * before:
             return False
         self.last_live = evidence(self.pid)
         return True
@@ -256,9 +328,11 @@ def _exited(pid: int) -> bool:
 
 def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
     """Sample until the child ends (None), stalls ("stall"), collapses ("collapse") or
-    overruns the window ("window")."""
+    overruns the window ("window"). Reaching the goal asks the child to stop; one that
+    does not within TARGET_GRACE_S is killed ("target")."""
     watch.sample()
     next_tick = watch.t0 + sample_s
+    asked_at: float | None = None
     while True:
         if _exited(watch.pid):
             watch.sample()
@@ -271,6 +345,12 @@ def _watch(watch: Watch, window_s: float, sample_s: float) -> str | None:
                 return "stall"
             if watch.collapsed():
                 return "collapse"
+            if asked_at is None and watch.reached_goal():
+                watch.shared.request_stop()
+                asked_at = now
+            if asked_at is not None and now - asked_at >= TARGET_GRACE_S:
+                watch.last_live = evidence(watch.pid)
+                return "target"
             if now - watch.t0 >= window_s + WINDOW_GRACE_S:
                 watch.last_live = evidence(watch.pid)
                 return "window"
@@ -284,9 +364,10 @@ def monitor(
     stall_s: float,
     sample_s: float,
     collapse_s: float = 0.0,
+    goal: Goal | None = None,
 ) -> dict[str, Any]:
     """Watch the loop child `pid` to its end, kill it if needed, and reap it."""
-    watch = Watch(pid, shared, stall_s, collapse_s)
+    watch = Watch(pid, shared, stall_s, collapse_s, goal or Goal(None, None, None))
     killed_for = _watch(watch, window_s, sample_s)
     if killed_for:
         os.kill(pid, signal.SIGKILL)
@@ -298,6 +379,8 @@ def monitor(
         "series": watch.series,
         "stall": watch.stall,
         "final": watch.last_live,
+        "knee_t": watch.knee_t,
+        "counter_regressions": watch.regressions,
         "utime_s": round(usage.ru_utime, 3),
         "stime_s": round(usage.ru_stime, 3),
     }
@@ -320,7 +403,8 @@ def _start_loop(shared: Shared, scenario: str, window_s: float) -> int:
 
 def _outcome(shared: Shared, watched: dict[str, Any]) -> tuple:
     """(ended_by, error, elapsed_s) from what the loop wrote and how the monitor ended it."""
-    iterations, code, err, err_iteration, err_phase, elapsed = shared.header()
+    iterations, code, err, err_iteration, err_phase = shared.header()
+    elapsed = shared.elapsed()
     if code == RUNNING:
         if watched["killed_for"]:
             return watched["killed_for"], None, watched["elapsed_s"]
@@ -360,17 +444,58 @@ def port_range() -> list | None:
         return None
 
 
+def knee(ports: list | None) -> int | None:
+    """Half the port range: connect() fills one parity of the range first, so this is
+    where a client that closes first (2B) can run out of ports."""
+    return (ports[1] - ports[0] + 1) // 2 if ports else None
+
+
+def cpu_times() -> list | None:
+    """The guest's aggregate CPU line of /proc/stat (user .. steal, in ticks)."""
+    for line in _read("/proc/stat").splitlines():
+        words = line.split()
+        if words[:1] == ["cpu"] and len(words) >= 9:
+            return [int(w) for w in words[1:9]]
+    return None
+
+
+def cpu_shares(before: list | None, after: list | None) -> dict[str, Any]:
+    """How the guest's CPUs spent the cell: busy and steal (time the hypervisor ran
+    something else, where the guest can see it: KVM reports it, TCG does not)."""
+    if not before or not after:
+        return {"busy_share": None, "steal_share": None}
+    d = [b - a for a, b in zip(before, after)]  # noqa: B905 (runs on 3.8)
+    total = sum(d)
+    if total <= 0:
+        return {"busy_share": None, "steal_share": None}
+    idle = d[3] + d[4]
+    return {"busy_share": round(1 - idle / total, 3), "steal_share": round(d[7] / total, 3)}
+
+
 def _deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in NSTAT_KEYS if k in before and k in after}
+
+
+def goal_for(cell: dict[str, Any], ports: list | None) -> Goal:
+    """The cell's goal; a cell that sets no margins runs to its limits."""
+    if "knee_margin" not in cell and "knee_margin_s" not in cell:
+        return Goal(knee(ports), None, None)
+    margin, margin_s = int(cell.get("knee_margin", 0)), float(cell.get("knee_margin_s", 0.0))
+    return Goal(knee(ports), margin, margin_s)
 
 
 def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """Run the loop for one cell under the monitor and summarise what it measured."""
     cap, window_s = int(cell["iteration_cap"]), float(cell["window_s"])
+    ports = port_range()
+    goal = goal_for(cell, ports)
     shared = Shared(cap)
-    before = read_nstat()
+    before, cpu_before = read_nstat(), cpu_times()
     pid = _start_loop(shared, cell["scenario"], window_s)
-    log(f"{cell['scenario']}: loop pid {pid}, cap {cap}, window {window_s}s")
+    log(
+        f"{cell['scenario']}: loop pid {pid}, knee {goal.knee}, goal +{goal.margin} "
+        f"and +{goal.margin_s}s past it, safety limits {cap} and {window_s:g}s"
+    )
     watched = monitor(
         pid,
         shared,
@@ -378,6 +503,7 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         float(cell["stall_s"]),
         float(cell["sample_s"]),
         float(cell.get("collapse_s", 0.0)),
+        goal,
     )
     ended_by, error, elapsed = _outcome(shared, watched)
     iterations = shared.iterations()
@@ -392,9 +518,13 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         "utime_s": watched["utime_s"],
         "stime_s": watched["stime_s"],
         "final_state": final["state"] if final else None,
-        "port_range": port_range(),
+        "port_range": ports,
+        "knee": goal.knee,
+        "knee_t": watched["knee_t"],
+        "counter_regressions": watched["counter_regressions"],
+        "guest_cpu": cpu_shares(cpu_before, cpu_times()),
     }
-    shared.mem.close()
+    shared.close()
     detail = f"ended_by={ended_by} iterations={iterations} elapsed_s={metrics['elapsed_s']}"
     log(f"{cell['scenario']}: {detail}" + (f" error={error['name']}" if error else ""))
     return {

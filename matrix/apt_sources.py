@@ -14,8 +14,9 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from matrix.debversion import sort_key
@@ -25,6 +26,11 @@ APT_DIR = Path("/etc/apt")
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 MIRROR_ENV = "KMATRIX_MIRROR"
 SECURITY_ENV = "KMATRIX_SECURITY_MIRROR"
+KEYRING_ENV = "KMATRIX_KEYRING"
+ALLOW_UNVERIFIED_ENV = "KMATRIX_ALLOW_UNVERIFIED"
+SIGNED_HEAD = "-----BEGIN PGP SIGNED MESSAGE-----"
+SIGNATURE_HEAD = "-----BEGIN PGP SIGNATURE-----"
+SIGNATURE_END = "-----END PGP SIGNATURE-----"
 NO_SECURITY = frozenset({"sid", "unstable", "experimental", "rc-buggy"})
 _OPTIONS_RE = re.compile(r"^\[[^\]]*\]\s*")
 
@@ -198,26 +204,141 @@ def release_sha256(release: str) -> dict[str, tuple[str, int]]:
     return entries
 
 
-def verify_signature(inrelease: Path, keyring: Path = KEYRING) -> tuple[bool, str]:
-    """Check an InRelease with gpgv; return (verified, note). A bad signature raises."""
-    if not inrelease.read_bytes().startswith(b"-----BEGIN PGP SIGNED MESSAGE-----"):
-        return False, "InRelease is not signed"
+def trusted_keyrings(env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Debian's archive keyring, plus the keyrings $KMATRIX_KEYRING names (colon-separated)
+    for a private mirror signed with its own key."""
+    env = os.environ if env is None else env
+    extra = [Path(p) for p in env.get(KEYRING_ENV, "").split(":") if p]
+    return (KEYRING, *extra)
+
+
+def unverified_allowed(setting: bool, env: Mapping[str, str] | None = None) -> bool:
+    """The one way round signature checks: the allow_unverified setting, or
+    $KMATRIX_ALLOW_UNVERIFIED=1."""
+    env = os.environ if env is None else env
+    return setting or env.get(ALLOW_UNVERIFIED_ENV, "") == "1"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What gpgv made of an InRelease; `body` is the text gpgv says was signed when verified."""
+
+    verified: bool
+    note: str
+    body: str
+
+
+def verify_signature(
+    inrelease: Path, keyrings: Sequence[Path] = (KEYRING,), where: str | None = None
+) -> Signature:
+    """Check an InRelease with gpgv; trust needs exit 0 plus GOODSIG and VALIDSIG.
+
+    Unsigned, unknown-key and expired-key cases come back unverified for the caller to
+    refuse; a bad or malformed signature raises. When verified, the body is gpgv's own
+    output, so text outside the signed block can never reach the index parser.
+    """
+    where = where or str(inrelease)
+    text = inrelease.read_text(errors="replace")
+    if not text.startswith(SIGNED_HEAD):
+        return Signature(False, "InRelease is not signed", text)
+    _check_armour(text, where)
+    unverified = Signature(False, "", release_body(text))
     gpgv = shutil.which("gpgv")
-    if not gpgv or not keyring.is_file():
-        return False, f"not checked: gpgv or {keyring} missing"
-    proc = subprocess.run(
-        [gpgv, "--status-fd", "1", "--keyring", str(keyring), str(inrelease)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    status = proc.stdout
-    if "VALIDSIG" in status and "BADSIG" not in status:
-        return True, f"signature verified with {keyring}"
-    if "BADSIG" not in status and "NO_PUBKEY" in status:
-        return False, f"not checked: signing key not in {keyring}"
-    detail = (proc.stderr.strip().splitlines() or ["gpgv failed"])[-1]
-    raise CatalogError(f"{inrelease}: bad signature ({detail}); refusing to trust this index")
+    rings = [k.absolute() for k in keyrings if k.is_file()]
+    if not gpgv:
+        return replace(unverified, note="not checked: gpgv is not installed")
+    if not rings:
+        missing = ", ".join(str(k) for k in keyrings)
+        return replace(unverified, note=f"not checked: no keyring ({missing} missing)")
+    run = _run_gpgv(gpgv, rings, inrelease)
+    status = _status_words(run.status)
+    keys = " + ".join(str(k) for k in rings)
+    if run.code == 0 and {"GOODSIG", "VALIDSIG"} <= status and not status & _DOUBT:
+        return Signature(True, f"signature verified with {keys}", run.body)
+    if "BADSIG" in status or not status & _DOUBT:
+        detail = _gpgv_detail(run.stderr, run.code)
+        raise CatalogError(f"{where}: bad signature ({detail}); refusing to trust this index")
+    return replace(unverified, note=f"not verified: {_doubt_note(status)} (keyrings: {keys})")
+
+
+_DOUBT = frozenset({"ERRSIG", "NO_PUBKEY", "EXPKEYSIG", "REVKEYSIG", "EXPSIG"})
+
+
+def _doubt_note(status: set[str]) -> str:
+    if status & {"ERRSIG", "NO_PUBKEY"}:
+        return "signed by a key that is not in the keyring"
+    if "REVKEYSIG" in status:
+        return "signed by a revoked key"
+    return "signed by an expired key" if "EXPKEYSIG" in status else "the signature has expired"
+
+
+def _check_armour(text: str, where: str) -> None:
+    """One clearsigned message and nothing after it, as apt requires."""
+    tail = text.rpartition(SIGNATURE_END)
+    if (
+        text.count(SIGNED_HEAD) != 1
+        or text.count(SIGNATURE_HEAD) != 1
+        or not tail[1]
+        or tail[2].strip()
+    ):
+        raise CatalogError(
+            f"{where}: malformed InRelease (expected exactly one clearsigned message and "
+            "nothing after its signature); refusing to trust this index"
+        )
+
+
+@dataclass(frozen=True)
+class _Gpgv:
+    code: int
+    status: str
+    stderr: str
+    body: str
+
+
+def _run_gpgv(gpgv: str, keyrings: list[Path], inrelease: Path) -> _Gpgv:
+    """gpgv with an empty home (so no personal keyring counts) and its status lines on a
+    file descriptor of their own, apart from the messages and the signed text."""
+    with tempfile.TemporaryDirectory(prefix="kmatrix-gpgv.") as home:
+        args = [a for k in keyrings for a in ("--keyring", str(k))]
+        with open(os.path.join(home, "status"), "w+b") as status:
+            fd = status.fileno()
+            proc = subprocess.run(
+                [gpgv, "--homedir", home, "--status-fd", str(fd), *args, "--output", "-"]
+                + [str(inrelease)],
+                capture_output=True,
+                pass_fds=(fd,),
+                timeout=60,
+            )
+            status.seek(0)
+            lines = status.read().decode(errors="replace")
+    out, err = proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace")
+    return _Gpgv(proc.returncode, lines, err, out)
+
+
+def _status_words(status: str) -> set[str]:
+    """The keywords of gpgv's `[GNUPG:] KEYWORD ...` status lines."""
+    prefix = "[GNUPG:] "
+    return {
+        line[len(prefix) :].split(" ", 1)[0]
+        for line in status.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def _gpgv_detail(stderr: str, code: int) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("gpgv: ")]
+    return f"{lines[-1] if lines else 'gpgv failed'}, exit {code}"
+
+
+def check_suite(body: str, suite: str, where: str) -> None:
+    """An index for another suite (a replayed older release, say) must not pass for `suite`."""
+    fields = next(_deb822_stanzas(body), {})
+    named = {fields.get("suite", ""), fields.get("codename", "")} - {""}
+    if suite not in named:
+        found = f"Suite {fields.get('suite')!r}, Codename {fields.get('codename')!r}"
+        raise CatalogError(
+            f"{where}: index is for {found}, not the {suite!r} asked for; refusing it"
+        )
 
 
 def packages(text: str, wanted: re.Pattern[str] | None = None) -> Iterator[dict[str, str]]:
@@ -265,21 +386,55 @@ class SuiteIndex:
                 yield from stanzas
 
     def debfile(self, kernel: str, stanza: dict[str, str]) -> DebFile:
+        """The entry as a DebFile, refused unless every field is safe to build paths from."""
+        where = f"kernel {kernel}: {self.base}/dists/{self.suite}"
         try:
-            url = f"{self.base}/{stanza['Filename']}"
-            return DebFile(
+            deb = DebFile(
                 stanza["Package"],
                 stanza["Version"],
-                url,
+                f"{self.base}/{stanza['Filename']}",
                 stanza["SHA256"].lower(),
                 int(stanza["Size"]),
                 self.suite,
             )
         except (KeyError, ValueError) as exc:
-            raise CatalogError(
-                f"kernel {kernel}: {self.base}/dists/{self.suite}: "
-                f"entry {stanza.get('Package')} lacks {exc}"
-            ) from exc
+            raise CatalogError(f"{where}: entry {stanza.get('Package')} lacks {exc}") from exc
+        if problem := entry_problem(deb, stanza["Filename"]):
+            raise CatalogError(f"{where}: Packages entry {deb.package!r} {problem}; refusing it")
+        return deb
+
+
+_PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+\Z")
+_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)*\Z")
+_POOL_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+~_%-]*\Z")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
+MAX_FIELD = 200
+
+
+def entry_problem(deb: DebFile, filename: str) -> str:
+    """What makes an index entry unsafe (cache paths and URLs are built from it), or ""."""
+    package, version = deb.package, deb.version
+    if len(package) > MAX_FIELD or not _PACKAGE_RE.match(package):
+        return f"has Package {package!r}; expected Debian policy's [a-z0-9][a-z0-9+.-]+"
+    if len(version) > MAX_FIELD or not _VERSION_RE.match(version):
+        return (
+            f"has Version {version!r}; expected [epoch:]upstream[-revision] of "
+            "0-9A-Za-z.+~ starting with a digit"
+        )
+    parts = filename.split("/")
+    if (
+        len(filename) > 4 * MAX_FIELD
+        or parts[0] != "pool"
+        or len(parts) < 2
+        or not all(_POOL_PART_RE.match(p) for p in parts[1:])
+        or not parts[-1].endswith(".deb")
+    ):
+        return f"has Filename {filename!r}; expected a relative pool/.../<name>.deb path"
+    if not _SHA256_RE.match(deb.sha256):
+        return f"has SHA256 {deb.sha256!r}; expected 64 hex digits"
+    if deb.size < 0:
+        return f"has Size {deb.size}; expected a size in bytes"
+    return ""
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -315,7 +470,7 @@ def pick(
     kernel: str, suite: str, pattern: str, modules_pattern: str | None, indexes: list[SuiteIndex]
 ) -> tuple[SuiteIndex, DebFile, DebFile | None]:
     """The newest package matching `pattern` over all indexes, and its modules package."""
-    matches = [(idx, st) for idx in indexes for st in idx.matching(pattern)]
+    matches = _matches(kernel, pattern, indexes)
     if not matches:
         raise _no_match(kernel, pattern, indexes)
     idx, best = max(matches, key=lambda m: (sort_key(m[1]["Version"]), abi_key(m[1]["Package"])))
@@ -330,7 +485,7 @@ def every_build(
     What `kmatrix bisect` walks: a suite keeps a few ABIs of its kernel family (the
     point release's and the security pocket's), each a separate package name.
     """
-    matches = [(idx, st) for idx in indexes for st in idx.matching(pattern)]
+    matches = _matches(kernel, pattern, indexes)
     if not matches:
         raise _no_match(kernel, pattern, indexes)
     matches.sort(key=lambda m: (sort_key(m[1]["Version"]), abi_key(m[1]["Package"])))
@@ -338,6 +493,16 @@ def every_build(
     return [
         with_modules(kernel, suite, i, st, modules_pattern, indexes) for i, st in unique.values()
     ]
+
+
+def _matches(
+    kernel: str, pattern: str, indexes: list[SuiteIndex]
+) -> list[tuple[SuiteIndex, dict[str, str]]]:
+    """Every stanza matching `pattern`, each checked before its Version is compared."""
+    found = [(idx, st) for idx in indexes for st in idx.matching(pattern)]
+    for idx, st in found:
+        idx.debfile(kernel, st)
+    return found
 
 
 def with_modules(

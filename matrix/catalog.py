@@ -2,8 +2,13 @@
 
 A Debian spec names a suite and a package pattern; the newest matching package (across
 the suite and its -security companion) is downloaded, checked against the SHA256 of a
-Packages index whose own hash comes from the (signature-checked) InRelease, extracted
-with `dpkg-deb -x`, and cached so that a second fetch does no network work at all.
+Packages index whose own hash comes from the InRelease, extracted with `dpkg-deb -x`,
+and cached so that a second fetch does no network work at all.
+
+The mirror is not trusted: an InRelease must verify against the archive keyring and name
+the suite asked for, or the index is refused (`allow_unverified` is the only way round);
+index fields are checked before any path is built from them; downloads stop at the size
+the index gives; an extracted tree may hold no link out of itself.
 
 Cache layout under `cache_dir`: indexes/<mirror>/<suite>/ (InRelease, Packages.xz),
 resolutions/<spec key>.json, debs/ (downloads in flight), kernels/<package>_<version>/
@@ -19,12 +24,13 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -148,13 +154,15 @@ class Catalog:
         mirror: str | None = None,
         security_mirror: str | None = None,
         progress: Progress | None = None,
-        keyring: Path = apt_sources.KEYRING,
+        keyrings: Sequence[Path] | None = None,
+        allow_unverified: bool = False,
     ) -> None:
         self.cache_dir = Path(cache_dir).expanduser()
         self._mirror, self._security = mirror, security_mirror
         self._mirrors: apt_sources.Mirrors | None = None
         self.progress = progress
-        self.keyring = keyring
+        self.keyrings = tuple(keyrings) if keyrings is not None else apt_sources.trusted_keyrings()
+        self.allow_unverified = apt_sources.unverified_allowed(allow_unverified)
         self._indexes: dict[tuple[str, str], SuiteIndex | None] = {}
 
     @property
@@ -180,8 +188,7 @@ class Catalog:
             spec.name,
             image,
             modules,
-            idx.verified,
-            idx.note,
+            *_provenance(indexes),
             tuple(f"{i.base}/dists/{i.suite}" for i in indexes),
         )
         _write_atomic(path, json.dumps(asdict(resolution), indent=2).encode())
@@ -197,7 +204,8 @@ class Catalog:
             spec.name, source.suite, source.package, source.modules_package, indexes
         )
         where = tuple(f"{i.base}/dists/{i.suite}" for i in indexes)
-        return [Resolution(spec.name, im, mo, i.verified, i.note, where) for i, im, mo in found]
+        verified, note = _provenance(indexes)
+        return [Resolution(spec.name, im, mo, verified, note, where) for _, im, mo in found]
 
     def fetch_build(self, spec: KernelSpec, resolution: Resolution) -> ResolvedKernel:
         """One exact build (not the newest): downloaded, verified and cached like any other."""
@@ -234,11 +242,13 @@ class Catalog:
         return self.fetch(spec, refresh=True)
 
     def _known(self, spec: KernelSpec, path: Path) -> Resolution | None:
-        """A cached resolution (shared by specs with the same source), or None if unusable."""
+        """A cached resolution (shared by specs with the same source), or None if unusable;
+        one made from an unverified index counts only while unverified indexes are allowed."""
         try:
-            return replace(Resolution.from_json(json.loads(path.read_text())), kernel=spec.name)
+            known = replace(Resolution.from_json(json.loads(path.read_text())), kernel=spec.name)
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        return known if known.verified is True or self.allow_unverified else None
 
     def _resolution_path(self, source: DebianSource) -> Path:
         key = json.dumps([source.suite, source.package, source.modules_package])
@@ -246,7 +256,12 @@ class Catalog:
         return self.cache_dir / "resolutions" / f"{digest}.json"
 
     def _kernel_dir(self, resolution: Resolution) -> Path:
-        return self.cache_dir / "kernels" / f"{resolution.package}_{resolution.version}"
+        """kernels/<package>_<version>, refused if it would be anything but a child of kernels/."""
+        root = self.cache_dir / "kernels"
+        return _child(root, f"{resolution.package}_{resolution.version}", resolution.kernel)
+
+    def _deb_path(self, kernel: str, deb: DebFile) -> Path:
+        return _child(self.cache_dir / "debs", deb.url.rsplit("/", 1)[-1], kernel)
 
     def _suite_indexes(self, spec: KernelSpec, source: DebianSource) -> list[SuiteIndex]:
         mirrors = self.mirrors
@@ -264,18 +279,17 @@ class Catalog:
             return self._indexes[(base, suite)]
         folder = self.cache_dir / "indexes" / re.sub(r"[^A-Za-z0-9.-]+", "_", base) / suite
         try:
-            release_path = self._release(spec, base, suite, folder)
+            release = self._release(spec, base, suite, folder)
         except _NotFound:
             if required:
                 raise CatalogError(
                     f"kernel {spec.name}: suite {suite!r} not found at {base}/dists/{suite}/ "
-                    f"(HTTP 404) while resolving {spec.source.package!r}; check the suite name "
-                    "(e.g. bullseye, bookworm, trixie, sid, experimental)"
+                    f"(no InRelease: HTTP 404) while resolving {spec.source.package!r}; "
+                    "check the suite name (e.g. bullseye, bookworm, trixie, sid, experimental)"
                 ) from None
             self._indexes[(base, suite)] = None
             return None
-        verified, note = apt_sources.verify_signature(release_path, self.keyring)
-        entries = apt_sources.release_sha256(apt_sources.release_body(release_path.read_text()))
+        entries = apt_sources.release_sha256(release.body)
         name = next((n for n in INDEX_FILES if n in entries), None)
         if name is None:
             raise CatalogError(
@@ -289,12 +303,20 @@ class Catalog:
         stanzas: dict[str, list[dict[str, str]]] = {}
         for st in apt_sources.packages(apt_sources.read_packages(local), re.compile("linux-")):
             stanzas.setdefault(st.get("Package", ""), []).append(st)
-        self._indexes[(base, suite)] = SuiteIndex(base, suite, stanzas, verified, note)
+        self._indexes[(base, suite)] = SuiteIndex(
+            base, suite, stanzas, release.verified, release.note
+        )
         return self._indexes[(base, suite)]
 
-    def _release(self, spec: KernelSpec, base: str, suite: str, folder: Path) -> Path:
-        """Fetch InRelease (or, failing that, an unsigned Release) into the index folder."""
-        for name in ("InRelease", "Release"):
+    def _release(
+        self, spec: KernelSpec, base: str, suite: str, folder: Path
+    ) -> apt_sources.Signature:
+        """Fetch InRelease, and keep it only if it verifies and names `suite`.
+
+        An unsigned `Release` is looked at only when unverified indexes are allowed.
+        """
+        names = ("InRelease", "Release") if self.allow_unverified else ("InRelease",)
+        for name in names:
             url = f"{base}/dists/{suite}/{name}"
             try:
                 with _open(url, spec.name) as resp:
@@ -303,9 +325,32 @@ class Catalog:
                 continue
             except (OSError, http.client.HTTPException) as exc:
                 raise CatalogError(f"kernel {spec.name}: reading {url} failed: {exc}") from exc
-            _write_atomic(folder / "InRelease", data)
-            return folder / "InRelease"
+            fresh = folder / f".InRelease.{os.getpid()}.new"
+            _write_atomic(fresh, data)
+            try:
+                release = self._trusted(spec.name, url, fresh, suite)
+            except BaseException:
+                fresh.unlink(missing_ok=True)
+                raise
+            os.replace(fresh, folder / "InRelease")
+            return release
         raise _NotFound(f"{base}/dists/{suite}")
+
+    def _trusted(self, kernel: str, url: str, path: Path, suite: str) -> apt_sources.Signature:
+        """The verified Release text, or a CatalogError saying why the index is refused."""
+        where = f"kernel {kernel}: {url}"
+        release = apt_sources.verify_signature(path, self.keyrings, where)
+        if not release.verified:
+            if not self.allow_unverified:
+                keys = " + ".join(str(k) for k in self.keyrings)
+                raise CatalogError(
+                    f"{where}: {release.note}; refusing an index not verified against {keys} "
+                    "(to use it anyway, at your own risk, set allow_unverified = true in "
+                    f"[settings] of kernels.toml or ${apt_sources.ALLOW_UNVERIFIED_ENV}=1)"
+                )
+            release = replace(release, note=f"{release.note}; used as allow_unverified is on")
+        apt_sources.check_suite(release.body, suite, where)
+        return release
 
     def _download(self, kernel: str, url: str, dest: Path, sha256: str, size: int) -> None:
         """Stream to a .part file, hashing as it goes; rename only if hash and size match."""
@@ -314,7 +359,7 @@ class Catalog:
         digest, done = hashlib.sha256(), 0
         try:
             with _open(url, kernel) as resp, part.open("wb") as out:
-                while block := resp.read(CHUNK):
+                while done <= size and (block := resp.read(min(CHUNK, size + 1 - done))):
                     out.write(block)
                     digest.update(block)
                     done += len(block)
@@ -333,6 +378,11 @@ class Catalog:
             raise
         if done != size or digest.hexdigest() != sha256:
             part.unlink(missing_ok=True)
+            if done > size:
+                raise CatalogError(
+                    f"kernel {kernel}: {url}: larger than the {size} bytes the index gives; "
+                    f"stopped after {done} bytes, file removed"
+                )
             if done < size:
                 raise CatalogError(
                     f"kernel {kernel}: {url}: truncated: got {done} of {size} "
@@ -353,7 +403,7 @@ class Catalog:
             started = time.monotonic()
             debs = []
             for deb in resolution.debs:
-                path = self.cache_dir / "debs" / deb.url.rsplit("/", 1)[-1]
+                path = self._deb_path(spec.name, deb)
                 if not (path.is_file() and _sha256_file(path) == deb.sha256):
                     self._download(spec.name, deb.url, path, deb.sha256, deb.size)
                 debs.append(path)
@@ -386,6 +436,7 @@ class Catalog:
     def _extract(
         self, spec: KernelSpec, resolution: Resolution, debs: list[Path], final: Path
     ) -> tuple[Path, Path]:
+        """Unpack into a private (0700) temp dir next to `final`, check it, rename it in."""
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             for deb in debs:
@@ -396,6 +447,9 @@ class Catalog:
                     raise CatalogError(
                         f"kernel {spec.name}: dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}"
                     )
+            if problem := _tree_problem(tmp):
+                names = " + ".join(d.package for d in resolution.debs)
+                raise CatalogError(f"kernel {spec.name}: {names}: {problem}; refusing it")
             found = _find_kernel(tmp)
             if found is None:
                 raise CatalogError(
@@ -417,14 +471,18 @@ class Catalog:
             meta = json.loads((final / META).read_text())
         except (OSError, ValueError):
             return None
-        vmlinuz = final / meta["vmlinuz"]
-        if not vmlinuz.is_file():
+        if meta.get("sha256") != resolution.sha256:
+            return None
+        if meta.get("verified") is not True and not self.allow_unverified:
+            return None
+        vmlinuz, modules = final / meta["vmlinuz"], final / meta["modules_dir"]
+        if not (_within(vmlinuz, final) and _within(modules, final) and vmlinuz.is_file()):
             return None
         return ResolvedKernel(
             spec,
             release=meta["release"],
             vmlinuz=vmlinuz,
-            modules_dir=final / meta["modules_dir"],
+            modules_dir=modules,
             sha256=meta["sha256"],
             package_version=meta["package_version"],
         )
@@ -451,12 +509,58 @@ class Catalog:
         )
 
 
+def _provenance(indexes: list[SuiteIndex]) -> tuple[bool, str]:
+    """Verified only if every index consulted was; the note of the first that was not."""
+    doubtful = [i for i in indexes if not i.verified]
+    return not doubtful, (doubtful or indexes)[0].note
+
+
+def _within(path: Path | str, root: Path | str) -> bool:
+    """Whether `path`, with every link followed, stays inside `root`."""
+    real, top = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, top]) == top
+
+
+def _child(root: Path, name: str, kernel: str) -> Path:
+    """root/name, refused unless it is a direct child of `root` once links are followed."""
+    path = root / name
+    if path.parent != root or name == ".." or not _within(path, root):
+        raise CatalogError(
+            f"kernel {kernel}: cache path {str(path)!r} would lie outside {root}; refusing it"
+        )
+    return path
+
+
+def _tree_problem(root: Path) -> str:
+    """Why an extracted tree is unsafe to keep, or "": a link that is absolute or leads out
+    of the tree, or a device, FIFO or socket. Setuid/setgid bits are dropped on the way."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            rel = os.path.relpath(path, root)
+            if stat.S_ISLNK(mode):
+                target = os.readlink(path)
+                if os.path.isabs(target) or not _within(path, root):
+                    return f"{rel} is a link to {target!r}, outside the package"
+            elif stat.S_ISREG(mode):
+                if mode & (stat.S_ISUID | stat.S_ISGID):
+                    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            elif not stat.S_ISDIR(mode):
+                return f"{rel} is a device, FIFO or socket"
+    return ""
+
+
 def _find_kernel(root: Path) -> tuple[Path, Path] | None:
-    """(vmlinuz, modules dir) in an extracted tree, for both the classic and split layouts."""
+    """(vmlinuz, modules dir) in an extracted tree, for both the classic and split layouts;
+    nothing reached through a link that leads out of `root` counts."""
     for modules_root in ("usr/lib/modules", "lib/modules"):
+        if not _within(root / modules_root, root):
+            continue
         for modules in sorted((root / modules_root).glob("*")):
             for vmlinuz in (modules / "vmlinuz", root / "boot" / f"vmlinuz-{modules.name}"):
-                if modules.is_dir() and vmlinuz.is_file():
+                inside = _within(modules, root) and _within(vmlinuz, root)
+                if inside and modules.is_dir() and vmlinuz.is_file():
                     return vmlinuz, modules
     return None
 

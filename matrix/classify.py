@@ -24,6 +24,17 @@ class Thresholds:
     success_min_ratio: float = 0.2
     early_fraction: float = 0.1
     late_fraction: float = 0.2
+    thin_band: float = 2.0
+    """A late/early ratio within this factor of success_min_ratio (0.1-0.4 by default)
+    is a thin margin: the cell is measured again."""
+    loaded_band: float = 3.0
+    """The same band on a visibly loaded machine (see `loaded`)."""
+    loaded_vm_wait: float = 0.25
+    """A VM whose threads waited this share of the cell's time for a CPU was loaded."""
+    loaded_rate_cv: float = 0.5
+    """Before the knee, 1-second rates varying this much (std/mean) mean a loaded guest."""
+    remeasure_max: int = 2
+    """At most this many extra measurements of one cell (so 3 in all)."""
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -35,8 +46,10 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
         (
             "infra",
             "no result came back (VM did not boot, panicked, deadline passed), "
-            "the collector crashed or overran its own deadline, or a steady loop "
-            "stopped before using half the port range (inconclusive)",
+            "the collector crashed or overran its own deadline, or the cell is "
+            "inconclusive: a safety limit (window_s, iteration_cap) stopped a steady loop "
+            "before it was knee_margin connections and knee_margin_s seconds past the knee "
+            "(half the port range, where 2B runs out of ports); its figures are kept",
         ),
         (
             "error",
@@ -50,18 +63,33 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
         ),
         (
             "slowdown",
-            f"the loop kept progressing but its late rate (last "
-            f"{t.late_fraction:.0%} of the time) fell below {t.success_min_ratio:g}x its "
-            f"early rate (first {t.early_fraction:.0%} of the iterations); a loop below a "
-            "tenth of its best rate for collapse_s is stopped there, its outcome being clear",
+            f"the loop kept progressing but its late rate (from the knee to the end; "
+            f"without a known port range, the last {t.late_fraction:.0%} of the time) fell "
+            f"below {t.success_min_ratio:g}x its early rate (first {t.early_fraction:.0%} of "
+            "the iterations); past the knee, a loop below a tenth of its rate before the "
+            "knee for collapse_s is stopped there, the crawl being clear",
         ),
         (
             "success",
             f"the loop kept at least {t.success_min_ratio:g}x its early rate to the end, "
-            "past half the port range; "
+            "and ran knee_margin connections and knee_margin_s seconds past the knee; "
             "puzzle 1 succeeds when send() queued data and the queues were read",
         ),
     ]
+
+
+def remeasure_rule(t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """When a verdict is measured again, as text for the legend."""
+    return (
+        f"a cell whose verdict rests on a thin margin is measured again, at most "
+        f"{t.remeasure_max} more times, and the majority of its conclusive measurements "
+        f"decides: a late/early ratio within {t.thin_band:g}x of {t.success_min_ratio:g} "
+        f"({t.loaded_band:g}x on a loaded machine: VM threads waiting for a CPU over "
+        f"{t.loaded_vm_wait:.0%} of the time, or pre-knee rates varying over "
+        f"{t.loaded_rate_cv:g} std/mean), a slowdown whose rate was back in its last "
+        "second (a dip), a hang on a loaded machine, or an inconclusive cell; "
+        "cells measured twice with the same verdict are marked confirmed"
+    )
 
 
 def classify(
@@ -102,6 +130,7 @@ def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
     m = dict(result.get("metrics", {}))
     figures = rates(result, t)
     figures.update(late_evidence(result, t))
+    figures.update(load_figures(result))
     m.update(figures)
     err = result.get("error")
     if err:
@@ -113,45 +142,170 @@ def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
     early, late = figures["early_rate"], figures["late_rate"]
     if early is None or late is None:
         return Classified(Verdict.INFRA, "too few samples to compute rates", m)
+    short = _short_of_goal(result, m)
+    if short and m.get("ended_by") != "collapse":
+        m["inconclusive"] = True
+        return Classified(Verdict.INFRA, short, m)
     if early > 0 and late >= t.success_min_ratio * early:
-        short = _short_of_exhaustion(m)
-        if short:
-            return Classified(Verdict.INFRA, short, m)
         return Classified(Verdict.SUCCESS, f"kept {late:,.0f}/s of an early {early:,.0f}/s", m)
     return Classified(Verdict.SLOWDOWN, _slowdown_text(early, late, m), m)
 
 
-def _short_of_exhaustion(m: dict[str, Any]) -> str:
-    """Why a steady loop proves nothing yet: it never used half the ephemeral ports.
+def goal(result: dict[str, Any]) -> tuple[int | None, int, float]:
+    """(knee, margin, margin_s): half the port range the cell read back, and how far
+    past it the cell was asked to run (0 and 0 for results from before the margins)."""
+    ports = (result.get("metrics") or {}).get("port_range")
+    limits = result.get("limits") or {}
+    knee = (ports[1] - ports[0] + 1) // 2 if ports else None
+    return knee, int(limits.get("knee_margin", 0)), float(limits.get("knee_margin_s", 0.0))
+
+
+def knee_time(result: dict[str, Any]) -> float | None:
+    """When the loop passed the knee, from its own series (None: it never did)."""
+    knee = goal(result)[0]
+    if knee is None:
+        return None
+    pts = _points(result)
+    return _time_at(pts, knee) if pts[-1][1] >= knee else None
+
+
+def _short_of_goal(result: dict[str, Any], m: dict[str, Any]) -> str:
+    """Why a cell proves nothing yet: it never got its margins past the knee.
 
     connect() fills one parity of the port range first; only past that point can 2B run
-    out of ports, so a loop that stopped earlier has not been tested, however fast it was.
+    out of ports, so a loop stopped earlier (by a safety limit: a slow guest) has not
+    been tested, however fast it was.
     """
-    ports = m.get("port_range")
-    if not ports:
+    knee, margin, margin_s = goal(result)
+    if knee is None:
         return ""
-    half = (ports[1] - ports[0] + 1) // 2
-    if m.get("iterations", 0) >= half:
+    n, knee_t, total_t = m.get("iterations", 0), m.get("knee_t"), _points(result)[-1][0]
+    past_s = total_t - knee_t if knee_t is not None else 0.0
+    if n >= knee + margin and knee_t is not None and past_s >= margin_s:
         return ""
+    limit = {"window": "the window_s", "cap": "the iteration_cap"}.get(
+        str(m.get("ended_by")), "its end"
+    )
+    where = (
+        f"{past_s:.1f} s and {n - knee:,} connections past the knee ({knee:,})"
+        if knee_t is not None
+        else f"short of the knee ({knee:,}, half the port range)"
+    )
     return (
-        f"inconclusive: {m.get('iterations', 0):,} connections never reached half the "
-        f"port range ({half:,}), where 2B's ports run out; raise window_s or iteration_cap"
+        f"inconclusive: {n:,} connections in {total_t:.1f} s, stopped by {limit} "
+        f"{where}; the goal was {margin:,} connections and {margin_s:g} s past it"
     )
 
 
 def rates(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    """Early rate over the first iterations, late rate over the last stretch of time."""
+    """Early rate over the first iterations; late rate from the knee to the end (where
+    2B's ports run out), or over the last stretch of time when there is no knee."""
     pts = _points(result)
+    none = {"early_rate": None, "late_rate": None, "rate_ratio": None, "knee_t": None}
     if len(pts) < 2 or pts[-1][1] <= 0 or pts[-1][0] <= 0:
-        return {"early_rate": None, "late_rate": None, "rate_ratio": None}
+        return none
     total_t, total_i = pts[-1]
     n_early = max(1.0, t.early_fraction * total_i)
     t_early = _time_at(pts, n_early)
     early = n_early / t_early if t_early > 0 else None
-    t_late = total_t * (1 - t.late_fraction)
+    knee_t = knee_time(result)
+    t_late = knee_t if knee_t is not None else total_t * (1 - t.late_fraction)
+    if total_t - t_late <= 0:
+        return dict(none, early_rate=early, knee_t=knee_t)
     late = (total_i - _iterations_at(pts, t_late)) / (total_t - t_late)
     ratio = late / early if early else None
-    return {"early_rate": early, "late_rate": late, "rate_ratio": ratio}
+    return {"early_rate": early, "late_rate": late, "rate_ratio": ratio, "knee_t": knee_t}
+
+
+def load_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """How loaded the machine was while the cell ran: the host's figures (added by the
+    orchestrator as results arrive), the guest's steal, and the loop's own stability."""
+    host = result.get("host_load") or {}
+    guest = (result.get("metrics") or {}).get("guest_cpu") or {}
+    return {
+        "host_load1": host.get("load1_mean"),
+        "host_steal_share": host.get("steal_share"),
+        "vm_wait_share": host.get("vm_wait_share"),
+        "guest_steal_share": guest.get("steal_share"),
+        "rate_cv": rate_cv(result),
+    }
+
+
+def rate_cv(result: dict[str, Any], span_s: float = 1.0) -> float | None:
+    """std/mean of 1-second rates before the knee (or over the whole run without one):
+    a steady loop on a quiet machine stays within a few percent."""
+    series = result.get("series") or []
+    knee_t = knee_time(result)
+    end = knee_t if knee_t is not None else (series[-1]["t"] if series else 0.0)
+    rates, last = [], None
+    for s in series:
+        if s["t"] > end:
+            break
+        if last is None or s["t"] - last["t"] >= span_s:
+            if last is not None:
+                rates.append((s["iterations"] - last["iterations"]) / (s["t"] - last["t"]))
+            last = s
+    if len(rates) < 3:
+        return None
+    mean = sum(rates) / len(rates)
+    if mean <= 0:
+        return None
+    var = sum((r - mean) ** 2 for r in rates) / len(rates)
+    return round(var**0.5 / mean, 3)
+
+
+def loaded(m: dict[str, Any], t: Thresholds = DEFAULT_THRESHOLDS) -> str:
+    """Why the machine looked loaded during the cell, or "" when it did not."""
+    wait, cv = m.get("vm_wait_share"), m.get("rate_cv")
+    if wait is not None and wait >= t.loaded_vm_wait:
+        return f"VM threads waited for a CPU {wait:.0%} of the time"
+    if cv is not None and cv >= t.loaded_rate_cv:
+        return f"pre-knee rates varied {cv:.2f} std/mean"
+    return ""
+
+
+def thin_reasons(
+    result: dict[str, Any] | None, c: Classified, t: Thresholds = DEFAULT_THRESHOLDS
+) -> list[str]:
+    """Why this verdict rests on a thin margin (empty: it does not), so that it is
+    measured again. Only puzzle-2 style measurements (rates over time) can be thin."""
+    m = c.metrics
+    if c.verdict is Verdict.INFRA:
+        return (
+            ["inconclusive: " + c.reason.removeprefix("inconclusive: ")]
+            if m.get("inconclusive")
+            else []
+        )
+    busy = loaded(m, t)
+    reasons = []
+    ratio = m.get("rate_ratio")
+    if c.verdict in (Verdict.SUCCESS, Verdict.SLOWDOWN) and ratio is not None:
+        band = t.loaded_band if busy else t.thin_band
+        lo, hi = t.success_min_ratio / band, t.success_min_ratio * band
+        if lo <= ratio <= hi:
+            reasons.append(
+                f"late/early {ratio:.2f} is within {band:g}x of the {t.success_min_ratio:g} "
+                "threshold" + (f" ({busy})" if busy else "")
+            )
+    if c.verdict is Verdict.SLOWDOWN and result:
+        back = _last_second_rate(result)
+        early = m.get("early_rate")
+        if back is not None and early and back >= t.success_min_ratio * early:
+            reasons.append(f"a dip: the rate was back to {back:,.0f}/s in the last second")
+    if c.verdict is Verdict.HANG and busy:
+        reasons.append(f"a stall on a loaded machine ({busy})")
+    return reasons
+
+
+def _last_second_rate(result: dict[str, Any]) -> float | None:
+    series = result.get("series") or []
+    if len(series) < 2:
+        return None
+    last = series[-1]
+    for s in reversed(series[:-1]):
+        if last["t"] - s["t"] >= 1.0:
+            return (last["iterations"] - s["iterations"]) / (last["t"] - s["t"])
+    return None
 
 
 def late_evidence(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
@@ -229,6 +383,8 @@ def _slowdown_text(early: float, late: float, m: dict[str, Any]) -> str:
 def key_figure(scenario: str, c: Classified) -> str:
     """The one short figure shown in a matrix cell."""
     m = c.metrics
+    if c.verdict is Verdict.INFRA and m.get("inconclusive"):
+        return f"{m.get('iterations', 0):,} conns, short of the goal"
     if c.verdict is Verdict.INFRA:
         return "no result"
     if scenario.startswith("1"):

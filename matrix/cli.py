@@ -192,7 +192,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     display = Display()
     if args.resume:
         run_dir = args.resume.resolve()
-        batches = job.pending(plan.from_doc(rundir.read_json(run_dir / "plan.json")), run_dir)
+        saved = plan.from_doc(rundir.read_json(run_dir / "plan.json"))
+        lock = rundir.lock_run(run_dir)
+        batches = job.pending(saved, run_dir)
         failures: dict[str, str] = {}
         display.note(f"resuming {run_dir}: {sum(len(b.cells) for b in batches)} cells left")
     else:
@@ -203,11 +205,36 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             cfg.settings.mirror,
             cfg.settings.security_mirror,
             progress=display.download,
+            allow_unverified=cfg.settings.allow_unverified,
         )
         kernels, failures = job.resolve(job.select(cfg, args.kernels), catalog)
         batches = plan.plan(kernels, cfg.sweep)
-        run_dir = (args.out or cfg.settings.runs_dir / rundir.new_run_id()).resolve()
+        run_dir, lock = claim_run_dir(args.out, cfg.settings.runs_dir)
         job.start_run(run_dir, batches, cfg, argv)
+    with lock:
+        return _run_claimed(args, cfg, display, run_dir, batches, failures)
+
+
+def claim_run_dir(out: Path | None, runs_dir: Path) -> tuple[Path, rundir.RunLock]:
+    """`--out` as given, or a new directory of its own under runs_dir; locked either way,
+    so a second run on the same directory is refused while this one lives."""
+    if out is None:
+        run_dir = rundir.create_run_dir(runs_dir.resolve())
+    else:
+        run_dir = out.resolve()
+        rundir.check_writable(run_dir)
+    return run_dir, rundir.lock_run(run_dir)
+
+
+def _run_claimed(
+    args: argparse.Namespace,
+    cfg: config.Config,
+    display: Display,
+    run_dir: Path,
+    batches: list[Batch],
+    failures: dict[str, str],
+) -> int:
+    """The run itself, in a directory this process holds the lock of."""
     runner_for = runner_factory(cfg)
     jobs = 0 if args.jobs == 0 else job.auto_jobs(cfg)
     if jobs:
@@ -348,6 +375,7 @@ def cmd_kernels(args: argparse.Namespace, argv: list[str]) -> int:
         cfg.settings.mirror,
         cfg.settings.security_mirror,
         progress=display.download,
+        allow_unverified=cfg.settings.allow_unverified,
     )
     specs = job.select(cfg, args.names or None)
     if args.action == "fetch":

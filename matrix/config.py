@@ -37,6 +37,7 @@ class Settings:
     boot_timeout_s: float = 180.0
     known_hosts: Path | None = None
     identity: Path | None = None
+    allow_unverified: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
         boot_timeout_s=_num(
             src, "settings.boot_timeout_s", t.get("boot_timeout_s", d.boot_timeout_s)
         ),
+        allow_unverified=_bool(src, "settings.allow_unverified", t.get("allow_unverified", False)),
     )
 
 
@@ -180,6 +182,8 @@ _SWEEP_KEYS = {
     "stall_s",
     "sample_s",
     "collapse_s",
+    "knee_margin",
+    "knee_margin_s",
 }
 
 
@@ -214,6 +218,10 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
         stall_s=_num(src, f"{where}.stall_s", t.get("stall_s", lim.stall_s)),
         sample_s=_num(src, f"{where}.sample_s", t.get("sample_s", lim.sample_s)),
         collapse_s=_num(src, f"{where}.collapse_s", t.get("collapse_s", lim.collapse_s), zero=True),
+        knee_margin=_int(src, f"{where}.knee_margin", t.get("knee_margin", lim.knee_margin), 0),
+        knee_margin_s=_num(
+            src, f"{where}.knee_margin_s", t.get("knee_margin_s", lim.knee_margin_s), zero=True
+        ),
     )
     trials = _int(src, f"{where}.trials", t.get("trials", base.trials), 1)
     return Sweep(scen, sysctls, fixed, trials, limits, swept)
@@ -317,6 +325,12 @@ def _table(src: str, key: str, v: Any) -> dict[str, Any]:
 def _str(src: str, key: str, v: Any) -> str:
     if not isinstance(v, str) or not v:
         raise ConfigError(src, key, f"{v!r}; expected a non-empty string")
+    return v
+
+
+def _bool(src: str, key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(src, key, f"{v!r}; expected true or false")
     return v
 
 

@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from matrix import rundir
+from matrix import guest_files, rundir
 from matrix.attempt import attempt, failed, fresh_workdir
+from matrix.hostload import HostLoad
 from matrix.model import Batch, BatchOutcome
 from matrix.runners import Runner
 from matrix.schedule import Machine, Scheduler
@@ -32,28 +33,45 @@ def run_batches(
     stop: threading.Event,
     progress: Progress,
     remotes: Sequence[Machine] = (),
+    label: str = "",
 ) -> dict[str, BatchOutcome]:
     """Host batches first and alone (their timings must not share the CPU with VMs),
     then the rest `jobs` at a time. With SSH hosts (`remotes`), slots of every machine
-    take batches as they free up (see `matrix.schedule`)."""
+    take batches as they free up (see `matrix.schedule`). `label` tells a round of
+    re-measurements apart in batches/ and work/, so the first boot's records stay."""
+
+    def record(rd: Path, kernel: str, outcome: BatchOutcome) -> None:
+        record_outcome(rd, kernel + label, outcome)
+
     if remotes:
         local = Machine(socket.gethostname(), jobs, runner_for)
-        sched = Scheduler([local, *remotes], run_dir, stop, progress, record_outcome)
+        sched = Scheduler([local, *remotes], run_dir, stop, progress, record)
         return sched.run(batches)
     exclusive = [b for b in batches if runner_for(b).name == "host"]
     shared = [b for b in batches if b not in exclusive]
     outcomes: dict[str, BatchOutcome] = {}
-    for b in exclusive:
-        outcomes[b.kernel.spec.name] = _one(b, runner_for(b), run_dir, stop, progress)
-    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="batch") as pool:
-        futures = {pool.submit(_one, b, runner_for(b), run_dir, stop, progress): b for b in shared}
-        for fut, b in futures.items():
-            outcomes[b.kernel.spec.name] = fut.result()
+    with HostLoad() as load:
+
+        def one(b: Batch) -> BatchOutcome:
+            return _one(b, runner_for(b), run_dir, stop, progress, load, label)
+
+        for b in exclusive:
+            outcomes[b.kernel.spec.name] = one(b)
+        with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="batch") as pool:
+            futures = {pool.submit(one, b): b for b in shared}
+            for fut, b in futures.items():
+                outcomes[b.kernel.spec.name] = fut.result()
     return outcomes
 
 
 def _one(
-    batch: Batch, runner: Runner, run_dir: Path, stop: threading.Event, progress: Progress
+    batch: Batch,
+    runner: Runner,
+    run_dir: Path,
+    stop: threading.Event,
+    progress: Progress,
+    load: HostLoad,
+    label: str,
 ) -> BatchOutcome:
     name = batch.kernel.spec.name
     if stop.is_set():
@@ -62,24 +80,29 @@ def _one(
         outcome = failed(runner, "")
     else:
         progress(name, "start", None)
+        workdir = fresh_workdir(run_dir, name + label)
+        load.begin(name, str(workdir.resolve()))
 
         def keep(cell_id: str, result: dict[str, Any]) -> None:
+            load.stamp(name, result)
             rundir.write_json(run_dir / "cells" / f"{cell_id}.json", result)
             progress(name, "result", result)
 
-        outcome = attempt(runner, batch, fresh_workdir(run_dir, name), stop, keep)
-    record_outcome(run_dir, name, outcome)
+        try:
+            outcome = attempt(runner, batch, workdir, stop, keep)
+        finally:
+            load.end(name)
+    record_outcome(run_dir, name + label, outcome)
     progress(name, "done", None)
     return outcome
 
 
 def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
-    """batches/<kernel>.json, and the console log copied next to it."""
+    """batches/<kernel>.json, and the console log copied next to it: its last
+    MAX_CONSOLE_BYTES, and only if it is a regular file (it lies in the guest's directory)."""
     console = ""
-    if outcome.console_log and Path(outcome.console_log).exists():
-        dest = run_dir / "console" / f"{kernel}.log"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(Path(outcome.console_log).read_bytes())
+    dest = run_dir / "console" / f"{kernel}.log"
+    if outcome.console_log and guest_files.copy_tail(Path(outcome.console_log), dest):
         console = str(dest.relative_to(run_dir))
     rundir.write_json(
         run_dir / "batches" / f"{kernel}.json",
@@ -93,5 +116,6 @@ def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
             "boot_s": outcome.boot_s,
             "wall_s": outcome.wall_s,
             "results": len(outcome.results),
+            "host_sysctl_changed": list(outcome.host_sysctl_changed),
         },
     )

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from matrix import __version__
+from matrix import __version__, rundir
 from matrix.history import (
     CellState,
     RunDiff,
@@ -113,10 +113,10 @@ def render_history(run_dir: Path, out_dir: Path, roots: list[Path]) -> tuple[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     diff_page = out_dir / "diff.html"
     ctx = diff_context(d, current, reports_dir)
-    diff_page.write_text(env.get_template("diff.html").render(ctx), encoding="utf-8")
+    rundir.write_text_atomic(diff_page, env.get_template("diff.html").render(ctx))
     index = reports_dir / "index.html"
     html = env.get_template("runs.html").render(index_context(runs, reports_dir))
-    index.write_text(html, encoding="utf-8")
+    rundir.write_text_atomic(index, html)
     return index, diff_page
 
 

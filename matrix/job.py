@@ -18,7 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from matrix import __version__, exports, plan, results, rundir
+from matrix import (
+    __version__,
+    accel,
+    apt_sources,
+    exports,
+    plan,
+    procs,
+    remeasure,
+    results,
+    rundir,
+)
+from matrix.classify import DEFAULT_THRESHOLDS, Thresholds
 from matrix.config import Config
 from matrix.errors import CatalogError, ConfigError
 from matrix.execute import Progress, record_outcome, run_batches
@@ -78,6 +89,7 @@ def manifest(run_dir: Path, config: Config, argv: list[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "qemu_version": qemu_version(),
         "config_path": str(config.path),
+        "allow_unverified": apt_sources.unverified_allowed(config.settings.allow_unverified),
         "interrupted": False,
     }
 
@@ -132,14 +144,42 @@ def execute(
     failures: dict[str, str],
     remotes: Any = (),
 ) -> bool:
-    """Run everything; return True if a stop signal cut the run short."""
+    """Run everything; return True if a stop signal cut the run short.
+
+    Under a guardian (see `matrix.procs`): if this process dies, however it dies, the
+    VMs and agents it started die with it, found by group and by the run's work dir.
+    """
     stop = threading.Event()
     for name, why in failures.items():
         record_outcome(run_dir, name, BatchOutcome({}, "catalog", "", "", failure=why))
     runnable = [b for b in batches if b.kernel.spec.name not in failures]
-    with stop_on_signals(stop):
+    with procs.guarded(Path(run_dir).resolve() / "work"), stop_on_signals(stop):
+        if jobs:
+            accel.decide_for_run(runnable, runner_for, run_dir, stop)
         run_batches(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
+        remeasure_rounds(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
     return stop.is_set()
+
+
+def remeasure_rounds(
+    batches: list[Batch],
+    runner_for: Any,
+    run_dir: Path,
+    jobs: int,
+    stop: threading.Event,
+    progress: Progress,
+    remotes: Any = (),
+    t: Thresholds = DEFAULT_THRESHOLDS,
+) -> None:
+    """Measure again every cell whose verdict rests on a thin margin, one boot per
+    kernel per round, until each is settled or has had `t.remeasure_max` more tries."""
+    for n in range(2, t.remeasure_max + 2):
+        again = remeasure.next_round(batches, rundir.cell_results(run_dir), t)
+        if stop.is_set() or not again:
+            return
+        for b in again:
+            progress(b.kernel.spec.name, "remeasure", {"cells": len(b.cells), "attempt": n})
+        run_batches(again, runner_for, run_dir, jobs, stop, progress, remotes, f"+r{n}")
 
 
 @contextmanager

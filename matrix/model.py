@@ -88,7 +88,14 @@ class Limits:
     stall_s: float = 10.0
     sample_s: float = 0.2
     collapse_s: float = 0.0
-    """Stop a puzzle-2 loop that has run below a tenth of its best rate this long (0: never)."""
+    """Past the knee, stop a puzzle-2 loop that has run below a tenth of its rate before
+    the knee this long (0: never)."""
+    knee_margin: int = 1000
+    """A puzzle-2 cell has shown enough this many connections past the knee (half the
+    port range, where 2B runs out of ports)..."""
+    knee_margin_s: float = 3.0
+    """...and this many seconds past it; window_s and iteration_cap are then only
+    safety limits, and a cell stopped by one of them short of the knee is inconclusive."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,13 @@ class Cell:
     trial: int
     limits: Limits
     kernel_identity: str = ""
+    attempt: int = 1
+    """1 for the planned measurement; 2, 3... for automatic re-measurements of a cell
+    whose verdict rested on a thin margin (see `matrix.remeasure`)."""
 
     @property
-    def id(self) -> str:
-        """Stable across runs, so a nightly job or `--resume` can skip what is known."""
+    def base_id(self) -> str:
+        """The planned cell's id: every attempt of it shares this."""
         key = {
             "kernel": self.kernel_identity or self.kernel,
             "scenario": self.scenario,
@@ -128,9 +138,16 @@ class Cell:
                 self.limits.stall_s,
                 self.limits.sample_s,
                 self.limits.collapse_s,
+                self.limits.knee_margin,
+                self.limits.knee_margin_s,
             ],
         }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def id(self) -> str:
+        """Stable across runs, so a nightly job or `--resume` can skip what is known."""
+        return self.base_id if self.attempt == 1 else f"{self.base_id}.a{self.attempt}"
 
     def to_agent(self) -> dict[str, Any]:
         """The cell as the guest agent reads it (see collectors/agent.py)."""
@@ -144,6 +161,9 @@ class Cell:
             "stall_s": self.limits.stall_s,
             "sample_s": self.limits.sample_s,
             "collapse_s": self.limits.collapse_s,
+            "knee_margin": self.limits.knee_margin,
+            "knee_margin_s": self.limits.knee_margin_s,
+            "attempt": self.attempt,
         }
 
 
@@ -173,6 +193,9 @@ class BatchOutcome:
     failure: str = ""
     boot_s: float | None = None
     wall_s: float = 0.0
+    host_sysctl_changed: tuple[dict[str, Any], ...] = ()
+    """The agent's leak check: sysctls of the namespace it started in that changed during
+    the batch (agent.json's `host_sysctl_changed`); any entry is an error."""
 
 
 @dataclass(frozen=True)

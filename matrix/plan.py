@@ -133,7 +133,13 @@ def _kernel_from(d: dict[str, Any]) -> ResolvedKernel:
 
 def _cell_from(d: dict[str, Any]) -> Cell:
     limits = Limits(
-        d["window_s"], d["iteration_cap"], d["stall_s"], d["sample_s"], d.get("collapse_s", 0.0)
+        d["window_s"],
+        d["iteration_cap"],
+        d["stall_s"],
+        d["sample_s"],
+        d.get("collapse_s", 0.0),
+        d.get("knee_margin", 0),
+        d.get("knee_margin_s", 0.0),
     )
     return Cell(
         d["kernel"],
@@ -142,4 +148,5 @@ def _cell_from(d: dict[str, Any]) -> Cell:
         d["trial"],
         limits,
         d["kernel_identity"],
+        d.get("attempt", 1),
     )

@@ -5,6 +5,19 @@ sits forever after `KVM: emulation failure`). Killing `vng` alone leaves QEMU ru
 so every such command starts in a session of its own and is torn down by process
 group; anything that escaped the group is found by a marker (a path private to the
 run) in its command line.
+
+That teardown runs in kmatrix, so it does not happen when kmatrix itself is killed
+(kill -9, the OOM killer, a CI job's timeout). For that a run has a guardian: a small
+process (this module, `guard()`) started once per run in a session of its own, so a
+Ctrl-C or a signal to kmatrix's process group does not reach it, and it ignores SIGINT,
+SIGHUP and SIGTERM besides. Its stdin is a pipe whose write end only kmatrix holds
+(close-on-exec, so no VM or agent inherits it). Over that pipe kmatrix names every
+process group it starts and forgets it once torn down, and names the run's markers.
+When the pipe reaches EOF, because kmatrix exited or died however it died, the guardian
+SIGKILLs the groups still named and every process whose command line names a marker,
+waits a few seconds for them to go, and exits. PR_SET_PDEATHSIG is not used: it fires
+when the *thread* that started a child exits (batches start from pool threads), and it
+would reach only vng, not QEMU, its grandchild.
 """
 
 from __future__ import annotations
@@ -14,12 +27,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from matrix.errors import PrerequisiteError
 
 SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 GRACE_S = 3.0
@@ -50,8 +67,15 @@ class Session:
         return self.proc.poll()
 
 
-def start_session(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> Session:
+def start_session(
+    argv: Sequence[str],
+    log_path: Path,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Session:
     """Start `argv` as the leader of a new session; stdout and stderr go to `log_path`.
+
+    `env` replaces the environment when given (vng needs its own bin dir on PATH).
 
     Through a pipe and a thread, not by handing the file to the child: vng makes QEMU
     reopen /proc/self/fd/1 and /proc/self/fd/2, which for a regular file truncates it
@@ -64,8 +88,10 @@ def start_session(argv: Sequence[str], log_path: Path, cwd: Path | None = None) 
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=cwd,
+        env=env,
         start_new_session=True,
     )
+    _tell_guardian("group", proc.pid)
     pump = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
     pump.start()
     return Session(proc, pump)
@@ -117,6 +143,7 @@ def kill_group(session: Session, grace_s: float = GRACE_S) -> None:
         proc.kill()
         proc.wait()
     _wait_group_gone(pgid, grace_s)
+    _tell_guardian("forget", pgid)
     session.pump.join(timeout=grace_s)
 
 
@@ -181,3 +208,141 @@ def peak_rss_kb(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+GUARD_SWEEP_S = 5.0
+"""How long the guardian keeps killing after kmatrix has gone before it gives up."""
+_GUARDIAN_MAIN = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from matrix.procs import guard; sys.exit(guard(sys.stdin.buffer))"
+)
+
+
+class Guardian:
+    """kmatrix's end of the guardian's pipe (see the module docstring)."""
+
+    def __init__(self, proc: subprocess.Popen, fd: int) -> None:
+        self.proc, self.fd = proc, fd
+        self.lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> Guardian:
+        read_end, write_end = os.pipe()
+        package_parent = str(Path(__file__).resolve().parents[1])
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", _GUARDIAN_MAIN, package_parent],
+                stdin=read_end,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                cwd="/",
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        guardian = cls(proc, write_end)
+        guardian.wait_ready()
+        return guardian
+
+    def wait_ready(self) -> None:
+        """Until the guardian ignores signals: before that a stray SIGINT would kill it."""
+        assert self.proc.stdout is not None
+        with self.proc.stdout:
+            ready = self.proc.stdout.readline()
+        if ready.strip() != b"ready":
+            self.close()
+            raise PrerequisiteError(
+                f"the process guardian did not start ({sys.executable} -I -c ...: exit "
+                f"{self.proc.returncode}); is the matrix package importable by that python?"
+            )
+
+    def tell(self, verb: str, arg: object) -> None:
+        """One line per message; a guardian that has gone is not an error for the run."""
+        with self.lock:
+            if self.fd < 0:
+                return
+            with suppress(OSError):
+                os.write(self.fd, f"{verb} {arg}\n".encode())
+
+    def close(self, timeout_s: float = GUARD_SWEEP_S + 5.0) -> None:
+        """A clean end: every group was torn down here, so the guardian only kills what
+        still names a marker (nothing should) and exits; reap it."""
+        self.tell("done", "")
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+_guardian: Guardian | None = None
+
+
+def _tell_guardian(verb: str, arg: object) -> None:
+    if _guardian is not None:
+        _guardian.tell(verb, arg)
+
+
+@contextmanager
+def guarded(*markers: Path | str) -> Iterator[Guardian]:
+    """Within this block every session started is killed by the guardian if kmatrix dies,
+    and so is every process whose command line names one of `markers`."""
+    global _guardian
+    guardian = Guardian.start()
+    for marker in markers:
+        guardian.tell("marker", marker)
+    previous, _guardian = _guardian, guardian
+    try:
+        yield guardian
+    finally:
+        _guardian = previous
+        guardian.close()
+
+
+def guard(stream: IO[bytes]) -> int:
+    """The guardian's whole life: collect groups and markers until EOF, then kill them.
+
+    "done" is kmatrix's clean goodbye: its groups are gone already, and a group id
+    killed long after its group ended could by then name someone else's processes."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    groups: set[int] = set()
+    markers: set[str] = set()
+    for raw in stream:
+        verb, _, arg = raw.decode(errors="replace").rstrip("\n").partition(" ")
+        if verb == "group" and arg.isdigit():
+            groups.add(int(arg))
+        elif verb == "forget" and arg.isdigit():
+            groups.discard(int(arg))
+        elif verb == "marker" and arg.startswith("/"):
+            markers.add(arg)
+        elif verb == "done":
+            groups.clear()
+            break
+    sweep(groups, markers, GUARD_SWEEP_S)
+    return 0
+
+
+def sweep(groups: set[int], markers: set[str], timeout_s: float) -> None:
+    """SIGKILL the groups and the marked processes until none is left or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = {g for g in groups if _signal_group(g, signal.SIGKILL)}
+        pids = {p for m in markers for p in find_by_marker(m)}
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                continue
+        if not pids and not live or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)

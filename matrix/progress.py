@@ -6,6 +6,7 @@ removed, so a hostile collector string cannot drive the terminal.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,9 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from matrix import sanitize
-from matrix.classify import classify, key_figure
+from matrix.classify import key_figure
 from matrix.model import Batch, KernelSpec
 from matrix.plan import sysctl_label
+from matrix.remeasure import attempts_of, base_of, fold, wants_more
 
 COLOURS = {
     "success": "green",
@@ -42,6 +44,16 @@ def task_label(text: Any) -> str:
     return escape(clean(text))
 
 
+def host_sysctl_line(batch: str, change: dict[str, Any]) -> str:
+    """One agent.json leak-check entry in words, cleaned: it comes from the guest."""
+    c = change
+    return clean(
+        f"{batch}: error: sysctl {c.get('key')} of the starting network namespace changed "
+        f"from {c.get('before')} to {c.get('after')} after cell {c.get('cell_id')}: "
+        f"{c.get('action')}"
+    )
+
+
 class Display:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True, highlight=False)
@@ -55,7 +67,11 @@ class Display:
         )
         self.tasks: dict[str, Any] = {}
         self.labels: dict[str, str] = {}
+        self.seen: dict[str, dict[str, Any]] = {}
+        """Every result shown so far, by attempt id: a verdict is folded over them."""
         self.lock = threading.Lock()
+        self.run_dir: Path | None = None
+        self.shown_host: set[tuple[str, int]] = set()
 
     def __enter__(self) -> Display:
         self.progress.start()
@@ -80,6 +96,7 @@ class Display:
     def start(
         self, run_dir: Path, batches: list[Batch], failures: dict[str, str], fixed: set[str]
     ) -> None:
+        self.run_dir = run_dir
         self.note(f"run directory: {run_dir}")
         for name, why in failures.items():
             self.console.print(Text(f"{name}: not run: {clean(why)}", style="red"))
@@ -92,16 +109,53 @@ class Display:
                     self.labels[c.id] = f"{c.scenario} {sysctl_label(c.sysctls, fixed)}"
 
     def event(self, kernel: str, event: str, result: dict[str, Any] | None) -> None:
+        if event == "done":
+            self.host_sysctl_error(kernel)
+        if event == "remeasure" and result:
+            self.note(
+                f"{kernel}: measuring {result['cells']} cells again (attempt {result['attempt']})"
+            )
+            if kernel in self.tasks:
+                self.progress.update(self.tasks[kernel], total=None)
+            return
         if event != "result" or result is None:
             return
-        c = classify(result)
-        label = self.labels.get(str(result.get("cell_id")), str(result.get("scenario")))
+        cell_id = str(result.get("cell_id"))
+        base = base_of(cell_id)
+        with self.lock:
+            self.seen[cell_id] = result
+            folded = fold(base, attempts_of(base, self.seen))
+        c = folded.classified
+        label = self.labels.get(base, str(result.get("scenario")))
         line = Text(f"{kernel:>8} {clean(label):<28} ")
         line.append(f"{c.verdict.value:<8}", style=COLOURS[c.verdict.value])
         line.append(" " + clean(key_figure(str(result.get("scenario", "")), c)))
+        if wants_more(folded):
+            thin = next((a.thin for a in reversed(folded.attempts) if a.thin), ())
+            line.append(" · measuring again: " + clean("; ".join(thin) or folded.confirmation))
+        elif len(folded.attempts) > 1:
+            line.append(f" · {folded.confirmation} over {len(folded.attempts)} attempts")
         self.progress.console.print(line)
-        if kernel in self.tasks:
+        if kernel in self.tasks and base == cell_id:
             self.progress.advance(self.tasks[kernel])
+
+    def host_sysctl_error(self, kernel: str) -> None:
+        """Batches whose agent saw its starting namespace change: one red line per sysctl,
+        read from batches/*.json (a batch's file is written just before its "done"; a
+        round of re-measurements has a file of its own), each line shown once."""
+        if self.run_dir is None:
+            return
+        for path in sorted((self.run_dir / "batches").glob("*.json")):
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            changes = doc.get("host_sysctl_changed") if isinstance(doc, dict) else None
+            for n, c in enumerate(changes if isinstance(changes, list) else []):
+                if isinstance(c, dict) and (path.stem, n) not in self.shown_host:
+                    self.shown_host.add((path.stem, n))
+                    line = Text(host_sysctl_line(path.stem, c), style="bold red")
+                    self.progress.console.print(line)
 
     def summary(self, rows: list[dict[str, Any]], run_dir: Path, report: Path | None) -> None:
         counts = Counter(r["verdict"] for r in rows)

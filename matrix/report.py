@@ -24,7 +24,7 @@ import jinja2
 import pandas as pd
 from markupsafe import Markup
 
-from matrix import explain, sanitize
+from matrix import explain, rundir, sanitize
 from matrix.plots import RatePlotter
 from matrix.scenarios import SCENARIOS
 from matrix.threshold_report import is_threshold_run, render_threshold
@@ -364,7 +364,7 @@ def _render_pages(tdir: str, cells_dir: str, pages: list[dict[str, Any]]) -> int
         stall_t = page["stall_t"] if isinstance(page["stall_t"], int | float) else None
         svg = plotter.svg(page["series"], stall_t) if page["series"] else ""
         html = template.render(page, plot_svg=Markup(svg))
-        Path(cells_dir, page_name(page["row"]["cell_id"])).write_text(html, encoding="utf-8")
+        rundir.write_text_atomic(Path(cells_dir, page_name(page["row"]["cell_id"])), html)
     return len(pages)
 
 
@@ -408,7 +408,7 @@ def render_report(run: RunData, out_dir: Path) -> Path:
     cells_dir.mkdir(parents=True, exist_ok=True)
     render_cells(pages, cells_dir, tdir)
     index = out_dir / "index.html"
-    index.write_text(index_html, encoding="utf-8")
+    rundir.write_text_atomic(index, index_html)
     if is_threshold_run(run.run_dir):
         render_threshold(run, out_dir, environment(tdir))
     return index

@@ -8,6 +8,8 @@ finished one, and a change of thresholds re-classifies without re-measuring.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,9 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from matrix import rundir
-from matrix.classify import DEFAULT_THRESHOLDS, Thresholds, classify, key_figure, rules
+from matrix import guest_result, rundir
+from matrix.classify import DEFAULT_THRESHOLDS, Thresholds, key_figure, remeasure_rule, rules
+from matrix.model import Classified, Verdict
 from matrix.plan import sysctl_label
+from matrix.remeasure import Folded, attempts_of, fold
 
 METRIC_COLUMNS = (
     "iterations",
@@ -40,6 +44,12 @@ METRIC_COLUMNS = (
     "evidence_state",
     "evidence_wchan",
     "stime_share",
+    "knee_t",
+    "host_load1",
+    "host_steal_share",
+    "vm_wait_share",
+    "guest_steal_share",
+    "rate_cv",
 )
 
 
@@ -59,16 +69,42 @@ def build_rows(
     batches: dict[str, dict[str, Any]],
     t: Thresholds = DEFAULT_THRESHOLDS,
 ) -> list[dict[str, Any]]:
-    """One row per planned cell, in plan order; a cell with no result is infra."""
+    """One row per planned cell, in plan order; a cell with no result is infra. A cell
+    measured more than once shows the verdict folded over its attempts."""
     kernels = {k["name"]: k for k in plan["kernels"]}
     fixed = set(plan.get("fixed_sysctls", []))
+    raw = {cid: guest_result.vet(doc, cid) for cid, doc in raw.items()}
     rows = []
     for cell in plan["cells"]:
         batch = batches.get(cell["kernel"], {})
-        result = raw.get(cell["id"])
-        c = classify(result, batch.get("failure") or "not run (run interrupted?)", t)
-        rows.append(_row(cell, kernels[cell["kernel"]], batch, result, c, fixed))
+        failure = batch.get("failure") or "not run (run interrupted?)"
+        try:
+            folded = fold(cell["id"], attempts_of(cell["id"], raw), failure, t)
+            result = raw.get(folded.chosen_id)
+            row = _row(cell, kernels[cell["kernel"]], batch, result, folded.classified, fixed)
+        except Exception as e:  # noqa: BLE001 - one unreadable cell must not cost the table
+            folded = unclassifiable(cell["id"], e)
+            row = _row(cell, kernels[cell["kernel"]], batch, None, folded.classified, fixed)
+        rows.append(dict(row, **confirmation_columns(folded)))
     return rows
+
+
+def unclassifiable(cell_id: str, error: Exception) -> Folded:
+    """An infra verdict for a result the classifier raised on, with the reason; the
+    results were vetted at intake (`guest_result`), so this is the last resort."""
+    why = f"result could not be classified ({type(error).__name__}: {str(error)[:200]})"
+    return Folded(Classified(Verdict.INFRA, why), cell_id, (), "single-shot", True)
+
+
+def confirmation_columns(folded: Folded) -> dict[str, Any]:
+    """How firmly a verdict stands: its attempts, their verdicts, and why it was re-measured."""
+    return {
+        "measured_id": folded.chosen_id,
+        "attempts": len(folded.attempts),
+        "attempt_verdicts": [a.classified.verdict.value for a in folded.attempts],
+        "confirmation": folded.confirmation,
+        "remeasured_because": folded.remeasured_because,
+    }
 
 
 def _row(
@@ -138,7 +174,7 @@ def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     tmp = path.with_suffix(".jsonl.tmp")
     with tmp.open("w") as f:
         for row in rows:
-            f.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+            f.write(json.dumps(_jsonable(row), sort_keys=True, allow_nan=False) + "\n")
     tmp.replace(path)
     return path
 
@@ -154,9 +190,11 @@ def load_run(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> RunData:
         manifest,
         kernels=kernel_summaries(plan, batches),
         rules=[list(r) for r in rules(t)],
+        remeasure_rule=remeasure_rule(t),
         thresholds=asdict(t),
     )
-    return RunData(run_dir, manifest, table(rows), raw)
+    details = {r["cell_id"]: raw[r["measured_id"]] for r in rows if r["measured_id"] in raw}
+    return RunData(run_dir, manifest, table(rows), details)
 
 
 def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -> list[dict]:
@@ -176,6 +214,11 @@ def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -
                 "boot_s": b.get("boot_s"),
                 "failure": b.get("failure", ""),
                 "console_tail": b.get("console_tail", ""),
+                "host_sysctl_changed": [
+                    c
+                    for r in rundir.kernel_batches(batches, k["name"])
+                    for c in r.get("host_sysctl_changed") or []
+                ],
             }
         )
     return out
@@ -188,13 +231,14 @@ def json_lines(rows: list[dict[str, Any]]) -> list[str]:
         doc = _jsonable(row)
         doc["sysctls_requested"] = doc["sysctls"]
         doc["sysctls"] = doc["sysctls_read"] or doc["sysctls"]
-        out.append(json.dumps(doc, sort_keys=True))
+        out.append(json.dumps(doc, sort_keys=True, allow_nan=False))
     return out
 
 
 INT_COLUMNS = frozenset(
     {
         "trial",
+        "attempts",
         "iterations",
         "tw_max",
         "error_iteration",
@@ -210,12 +254,27 @@ INT_COLUMNS = frozenset(
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """NaN -> null and counts back to integers (pandas stores a column with gaps as float)."""
+    """Strict JSON: NaN and infinities -> null, at any depth (a rate over a tiny time can
+    overflow), and whole counts back to integers (pandas stores a column with gaps as
+    float)."""
     out = {}
     for k, v in row.items():
-        if isinstance(v, float) and v != v:
-            v = None
-        elif k in INT_COLUMNS and v is not None:
+        v = _finite(v)
+        if k in INT_COLUMNS and _is_count(v):
             v = int(v)
         out[k] = v
     return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == int(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

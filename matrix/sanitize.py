@@ -6,9 +6,10 @@ overrides that would drive a terminal or disguise a page.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
+
+from matrix import guest_files
 
 _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
@@ -20,11 +21,10 @@ def clean(text: str) -> str:
 
 
 def tail(path: Path, lines: int = 60, max_bytes: int = 65536) -> str:
-    """The last `lines` lines of a log, cleaned; "" when there is no log."""
+    """The last `lines` lines of a log, cleaned; "" when there is no log, or when the
+    guest put a link, a FIFO or anything else but a regular file in its place."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
-            text = f.read().decode(errors="replace")
+        text = guest_files.read_tail(path, max_bytes).decode(errors="replace")
     except OSError:
         return ""
     return "\n".join(clean(text).rstrip("\n").split("\n")[-lines:])

@@ -87,7 +87,7 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Catalog, Path]:
     if args.jobs is not None:
         cfg = replace(cfg, settings=replace(cfg.settings, jobs=max(1, args.jobs)))
     s = cfg.settings
-    catalog = Catalog(s.cache_dir, s.mirror, s.security_mirror)
+    catalog = Catalog(s.cache_dir, s.mirror, s.security_mirror, allow_unverified=s.allow_unverified)
     run_dir = (args.out or s.runs_dir / rundir.new_run_id()).resolve()
     return cfg, catalog, run_dir
 

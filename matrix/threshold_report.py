@@ -137,5 +137,5 @@ def render_threshold(run: RunData, out_dir: Path, env: Any) -> Path:
     kernels = [kernel_context(doc["key"], n, k, rows, ratio) for n, k in doc["kernels"].items()]
     html = env.get_template(PAGE).render(manifest=run.manifest, search=doc, kernels=kernels)
     path = Path(out_dir) / PAGE
-    path.write_text(html, encoding="utf-8")
+    rundir.write_text_atomic(path, html)
     return path

@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from matrix import guest_files, guest_result
 from matrix.model import Batch, Limits
 from matrix.runners import OnResult
 
@@ -52,7 +53,11 @@ def agent_argv(workdir: Path, python: str, agent: Path | None = None) -> list[st
 
 
 class ResultCollector:
-    """Picks up the agent's per-cell files as they appear and hands each on once."""
+    """Picks up the agent's per-cell files as they appear and hands each on once.
+
+    out/ is the guest's: every file is read through `guest_files` (no links, no FIFOs,
+    at most MAX_RESULT_BYTES) and vetted by `guest_result` before it is handed on.
+    """
 
     def __init__(self, out_dir: Path, ids: Sequence[str], on_result: OnResult) -> None:
         self.out_dir, self.ids, self.on_result = out_dir, list(ids), on_result
@@ -62,27 +67,38 @@ class ResultCollector:
 
     @property
     def agent_done(self) -> bool:
-        return (self.out_dir / "agent.json").exists()
+        """agent.json is there as a regular file (a link or a FIFO does not count)."""
+        return guest_files.is_regular(self.out_dir / "agent.json")
 
     def poll(self, final: bool = False) -> None:
-        """Read new results; an unparsable file counts as malformed only when `final`
-        (the agent renames complete files into place, but a runner that copies them
-        from elsewhere may see one mid-copy)."""
+        """Read new results; an unreadable or unparsable file counts as malformed only
+        when `final` (the agent renames complete files into place, but a runner that
+        copies them from elsewhere may see one mid-copy). A result that parses but has
+        the wrong shape is final at once."""
         for cid in self.ids:
             path = self.out_dir / f"{cid}.json"
-            if cid in self.results or not path.exists():
+            if cid in self.results or not guest_files.lexists(path):
                 continue
             try:
-                doc = json.loads(path.read_text())
-                if not isinstance(doc, dict):
-                    raise ValueError(f"a JSON {type(doc).__name__}, not an object")
-            except (OSError, ValueError) as exc:
+                data = guest_files.read_bounded(path, root=self.out_dir.parent)
+                doc = guest_files.parse_json(data)
+            except OSError as exc:
                 if final:
-                    self.malformed.append(cid)
-                    detail = f"malformed result JSON: {exc}"
-                    self._take(cid, {"cell_id": cid, "status": "crashed", "status_detail": detail})
+                    self._reject(cid, f"unreadable result: {exc.strerror or exc}")
                 continue
-            self._take(cid, doc)
+            except ValueError as exc:
+                if final:
+                    self._reject(cid, f"malformed result JSON: {exc}")
+                continue
+            why = guest_result.problem(doc)
+            if why:
+                self._reject(cid, f"malformed result: {why}")
+            else:
+                self._take(cid, doc)
+
+    def _reject(self, cid: str, detail: str) -> None:
+        self.malformed.append(cid)
+        self._take(cid, guest_result.stand_in(cid, detail))
 
     def _take(self, cid: str, doc: dict[str, Any]) -> None:
         if self.first_result_at is None:
@@ -92,3 +108,16 @@ class ResultCollector:
 
     def missing(self) -> list[str]:
         return [cid for cid in self.ids if cid not in self.results]
+
+    def host_sysctl(self) -> tuple[tuple[dict[str, Any], ...], str]:
+        """agent.json's leak check: (changes, one-line error); nothing if it is absent."""
+        try:
+            marker = guest_files.read_bounded(self.out_dir / "agent.json", root=self.out_dir.parent)
+            doc = guest_files.parse_json(marker)
+        except (OSError, ValueError):
+            return (), ""
+        changes = doc.get("host_sysctl_changed") if isinstance(doc, dict) else None
+        if not isinstance(changes, list) or not changes:
+            return (), ""
+        found = tuple(c for c in changes if isinstance(c, dict))
+        return found, str(doc.get("host_sysctl_error") or "starting namespace sysctls changed")

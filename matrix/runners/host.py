@@ -71,6 +71,8 @@ class HostRunner:
         missing = len(collector.missing()) + len(collector.malformed)
         if not failure and missing:
             failure = f"agent exited ({session.poll()}) without results for {missing} cells"
+        host_changes, host_error = collector.host_sysctl()
+        failure = host_error or failure
         return BatchOutcome(
             results=dict(collector.results),
             runner=self.name,
@@ -81,6 +83,7 @@ class HostRunner:
             failure=failure,
             boot_s=0.0,
             wall_s=time.monotonic() - start,
+            host_sysctl_changed=host_changes,
         )
 
     def _wait(

@@ -1,18 +1,22 @@
 """The `remote` runner: a batch on an SSH host, through Fabric.
 
-The host gets a private work directory, /var/tmp/kmatrix/<run-id>/<batch>, holding the
-`matrix` package and the collectors (shipped whole, a few hundred KB). A host-kernel
+Each batch gets a fresh private directory on the host (see `ssh.PRIVATE_WORKDIR`:
+~/.cache/kmatrix-remote/runs/<run-id>-<batch>-XXXXXXXX of the SSH user, 0700) holding
+the `matrix` package and the collectors (shipped whole, a few hundred KB). A host-kernel
 batch runs the agent there on the host's own kernel (its release is then the host's);
 a VM batch runs `python3 -m matrix.remote_batch`, i.e. the vng runner over there, with
-the kernel taken from the host's cache or copied once into /var/tmp/kmatrix/kernels.
+the kernel copied once into ~/.cache/kmatrix-remote/kernels and reused only while its
+SHA256 matches ours. Either runs under `ssh.GUARD`, so a dropped connection stops it.
 Results are pulled back over SFTP every `poll_s` as the agent writes them, so a host
 that dies later loses nothing already measured; a dead link raises `HostLost`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
+import stat
 import threading
 import time
 from dataclasses import replace
@@ -21,16 +25,19 @@ from typing import Any
 
 from fabric import Connection
 
-from matrix import plan, sanitize
+from matrix import guest_files, guest_result, plan, sanitize
 from matrix.errors import HostLost, PrerequisiteError
 from matrix.hosts import HostSpec
 from matrix.model import Batch, BatchOutcome, ResolvedKernel
 from matrix.runners import OnResult
 from matrix.runners.agent_io import batch_budget_s
 from matrix.runners.ssh import (
+    GUARD,
     KILL_MARKED,
     LINK_ERRORS,
-    REMOTE_BASE,
+    PRIVATE_WORKDIR,
+    REMOTE_ROOT,
+    SHA256,
     connect,
     package_tar,
     probe,
@@ -97,8 +104,8 @@ class RemoteRunner:
         try:
             if self._sudo is None:
                 self._sudo = self._privilege(c, need_vm=vm)
-            base = f"{REMOTE_BASE}/{self.run_id}/{workdir.name}"
-            self._stage(c, batch, base, vm)
+            base, kernels = self._workdir(c, f"{self.run_id}-{workdir.name}-")
+            self._stage(c, batch, base, kernels, vm)
             chan = self._launch(c, base, vm)
             failure, pulled = self._follow(c, chan, batch, base, stop, on_result)
             doc = self._finish(c, base, workdir, kill=bool(failure), vm=vm)
@@ -121,7 +128,17 @@ class RemoteRunner:
             wall_s=time.monotonic() - started,
         )
 
-    def _stage(self, c: Connection, batch: Batch, base: str, vm: bool) -> None:
+    def _workdir(self, c: Connection, prefix: str) -> tuple[str, str]:
+        """(a fresh batch directory, the kernel cache), both checked private to the SSH
+        user, so that nothing root runs there can be swapped by another user."""
+        cmd = shlex.join([self.host.python, "-c", PRIVATE_WORKDIR, REMOTE_ROOT, prefix])
+        code, out = sh(c, cmd, 60)
+        if code != 0:
+            raise PrerequisiteError(f"{self.host.name}: no private work directory: {out}")
+        doc = json.loads(out.splitlines()[-1])
+        return doc["work"], doc["kernels"]
+
+    def _stage(self, c: Connection, batch: Batch, base: str, kernels: str, vm: bool) -> None:
         """The package, the cells and, for a VM, the kernel and batch.json."""
         code, out = sh(c, f"mkdir -p {q(base)}/out {q(base)}/pkg")
         if code != 0:
@@ -134,21 +151,23 @@ class RemoteRunner:
         cells = {"cells": [cell.to_agent() for cell in batch.cells]}
         put_bytes(c, json.dumps(cells, indent=1).encode(), f"{base}/cells.json")
         if vm:
-            kernel = self._kernel(c, batch.kernel)
+            kernel = place_kernel(c, batch.kernel, kernels, self._sudo or "", self.host.python)
             doc = {"plan": plan.to_doc([Batch(kernel, batch.cells)], ()), "vng": self.vm or {}}
             put_bytes(c, json.dumps(doc, indent=1).encode(), f"{base}/batch.json")
 
     def _launch(self, c: Connection, base: str, vm: bool) -> Any:
-        """Start the batch on a channel of its own; its output goes to run.log there."""
-        py = q(self.host.python)
+        """Start the batch on a channel of its own, under GUARD (which stops it when the
+        channel closes); its output goes to run.log there."""
+        py = self.host.python
         if vm:
-            cmd = f"cd {q(base)}/pkg && exec {self._sudo}{py} -m matrix.remote_batch {q(base)}"
+            cwd, argv = f"{base}/pkg", [py, "-m", "matrix.remote_batch", base]
         else:
-            agent = f"{q(base)}/pkg/matrix/collectors/agent.py"
-            cmd = f"cd {q(base)} && exec {self._sudo}{py} {agent} --cells cells.json --out out"
+            agent = f"{base}/pkg/matrix/collectors/agent.py"
+            cwd, argv = base, [py, agent, "--cells", "cells.json", "--out", "out"]
+        cmd = f"exec {self._sudo}" + shlex.join([py, "-c", GUARD, base, cwd, *argv])
         try:
             chan = c.client.get_transport().open_session()
-            chan.exec_command(f"sh -c {q(cmd + f' > {q(base)}/run.log 2>&1')}")
+            chan.exec_command(cmd)
         except LINK_ERRORS as e:
             raise HostLost(f"{self.host.name}: cannot start the batch: {e!r}") from None
         return chan
@@ -176,8 +195,7 @@ class RemoteRunner:
                 ):
                     cid = name[: -len(".json")]
                     if name.endswith(".json") and cid in ids:
-                        with sftp.open(f"{base}/out/{name}") as f:
-                            pulled[cid] = _parse(f.read())
+                        pulled[cid] = _pull_result(sftp, f"{base}/out/{name}", cid)
                         on_result(cid, pulled[cid])
             except LINK_ERRORS as e:
                 raise HostLost(f"{self.host.name}: connection lost: {e!r}") from None
@@ -200,16 +218,16 @@ class RemoteRunner:
 
     def _finish(self, c: Connection, base: str, workdir: Path, kill: bool, vm: bool) -> dict:
         """Kill what is left if the batch was cut, fetch the logs, remove the work dir."""
-        marker = f"{q(base)}/"
         if kill:
-            sh(c, f"{self._sudo}{q(self.host.python)} -c {q(KILL_MARKED)} {marker}", 60)
+            sh(c, f"{self._sudo}{q(self.host.python)} -c {q(KILL_MARKED)} {q(base)}", 60)
         sftp = c.sftp()
         log = b""
         for name in ("run.log", "console.log") if vm else ("run.log",):
             try:
-                with sftp.open(f"{base}/{name}") as f:
-                    log += f.read()
-            except FileNotFoundError:
+                log += _read_remote(
+                    sftp, f"{base}/{name}", guest_files.MAX_CONSOLE_BYTES, tail=True
+                )
+            except (FileNotFoundError, guest_files.GuestFileError):
                 continue
             except LINK_ERRORS as e:
                 raise HostLost(f"{self.host.name}: connection lost: {e!r}") from None
@@ -217,40 +235,81 @@ class RemoteRunner:
         doc: dict[str, Any] = {}
         if vm:
             try:
-                with sftp.open(f"{base}/outcome.json") as f:
-                    doc = _parse(f.read())
+                doc = _parse(_read_remote(sftp, f"{base}/outcome.json"))
             except FileNotFoundError:
                 doc = {"failure": "remote batch ended without outcome.json", "accelerator": ""}
-        parent = q(base.rsplit("/", 1)[0])
-        sh(c, f"{self._sudo}rm -rf {q(base)}; {self._sudo}rmdir {parent} 2>/dev/null", 120)
+            except guest_files.GuestFileError as e:
+                doc = {"failure": f"remote outcome.json refused: {e}", "accelerator": ""}
+        sh(c, f"{self._sudo}rm -rf {q(base)}", 120)
         return doc
 
-    def _kernel(self, c: Connection, kernel: ResolvedKernel) -> ResolvedKernel:
-        """The same kernel as the host has it: its own copy if it matches, else ours."""
-        if kernel.vmlinuz is None:
-            raise PrerequisiteError(f"kernel {kernel.spec.name} has no vmlinuz to copy")
-        vmlinuz = Path(kernel.vmlinuz)
-        st = vmlinuz.stat()
-        code, out = sh(c, f"stat -c '%s %Y' {q(str(vmlinuz))}", 60)
-        if code == 0 and out.split() == [str(st.st_size), str(int(st.st_mtime))]:
-            return kernel
-        key = kernel.sha256[:16] or f"{st.st_size}-{int(st.st_mtime)}"
-        dest = f"{REMOTE_BASE}/kernels/{kernel.release}-{key}"
-        image, modules = f"{dest}/boot/vmlinuz-{kernel.release}", f"{dest}/lib/modules"
-        if sh(c, f"test -s {q(image)}", 60)[0] != 0:
-            items = [(vmlinuz, f"boot/vmlinuz-{kernel.release}")]
-            if kernel.modules_dir is not None:
-                items.append((Path(kernel.modules_dir), f"lib/modules/{kernel.release}"))
-            stream_tree(c, items, dest, self._sudo or "")
-        mods = Path(modules) / kernel.release if kernel.modules_dir is not None else None
-        return ResolvedKernel(
-            kernel.spec, kernel.release, Path(image), mods, kernel.sha256, kernel.package_version
-        )
+
+def place_kernel(
+    c: Connection, kernel: ResolvedKernel, kernels: str, sudo: str, python: str = "python3"
+) -> ResolvedKernel:
+    """`kernel` as it is at `kernels`/<release>-<sha> on the host, copied there unless the
+    copy there has our vmlinuz's SHA256 (a copy that does not is replaced)."""
+    if kernel.vmlinuz is None:
+        raise PrerequisiteError(f"kernel {kernel.spec.name} has no vmlinuz to copy")
+    vmlinuz = Path(kernel.vmlinuz)
+    digest = file_sha256(vmlinuz)
+    dest = f"{kernels}/{kernel.release}-{digest[:16]}"
+    image = f"{dest}/boot/vmlinuz-{kernel.release}"
+    if _remote_sha256(c, image, sudo, python) != digest:
+        items = [(vmlinuz, f"boot/vmlinuz-{kernel.release}")]
+        if kernel.modules_dir is not None:
+            items.append((Path(kernel.modules_dir), f"lib/modules/{kernel.release}"))
+        stream_tree(c, items, dest, sudo)
+        if _remote_sha256(c, image, sudo, python) != digest:
+            raise PrerequisiteError(f"{c.host}: the copy of {vmlinuz} at {image} differs")
+    modules = None if kernel.modules_dir is None else Path(dest, "lib/modules", kernel.release)
+    return replace(kernel, vmlinuz=Path(image), modules_dir=modules)
+
+
+def file_sha256(path: Path) -> str:
+    """What a kernel copy is checked against: the vmlinuz itself, whatever its source."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _remote_sha256(c: Connection, path: str, sudo: str, python: str) -> str:
+    """The file's SHA256 on the host, "" when it is not there."""
+    code, out = sh(c, f"{sudo}{shlex.join([python, '-c', SHA256, path])}", 120)
+    return out.splitlines()[-1] if code == 0 and out else ""
+
+
+def _read_remote(
+    sftp: Any, path: str, limit: int = guest_files.MAX_RESULT_BYTES, tail: bool = False
+) -> bytes:
+    """A file from the host's work directory, which its guest shares: only a regular
+    file (lstat, so a link is refused, and a FIFO never blocks the SFTP server), and at
+    most `limit` bytes: the last ones with `tail`, else GuestFileError when larger."""
+    st = sftp.lstat(path)
+    name = path.rsplit("/", 1)[-1]
+    if not stat.S_ISREG(st.st_mode or 0):
+        raise guest_files.GuestFileError(f"{name} is not a regular file")
+    with sftp.open(path) as f:
+        if tail:
+            f.seek(max(0, (st.st_size or 0) - limit))
+            return f.read(limit)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise guest_files.GuestFileError(f"{name} is larger than {limit:,} bytes")
+    return data
+
+
+def _pull_result(sftp: Any, path: str, cid: str) -> dict[str, Any]:
+    """One result, read, parsed and vetted; a refused file becomes a stand-in."""
+    try:
+        data = _read_remote(sftp, path)
+    except guest_files.GuestFileError as e:
+        return guest_result.stand_in(cid, f"unreadable result: {e}")
+    return guest_result.vet(_parse(data), cid)
 
 
 def _parse(data: bytes) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
+        doc = guest_files.parse_json(data)
     except ValueError as e:
         return {"status": "crashed", "status_detail": f"malformed result JSON: {e}"}
     return doc if isinstance(doc, dict) else {"status": "crashed", "status_detail": "not an object"}

@@ -5,6 +5,12 @@ unknown key is refused (paramiko's RejectPolicy), never accepted on first use, b
 the batch runs as root over there. Authentication is the user's SSH agent and keys.
 Every failure of the link itself becomes `HostLost`, so the scheduler can move the
 batch; what the link says about the host (no python, no qemu) is a `PrerequisiteError`.
+
+Everything root runs over there lives under REMOTE_ROOT in the SSH user's home, a
+directory that only that user can write (checked with lstat before each batch, its
+parents included), never at a predictable path in a world-writable /tmp or /var/tmp:
+each batch gets a fresh `tempfile.mkdtemp` directory in `runs/`, kernels are kept in
+`kernels/`. A batch runs under GUARD, which stops it when the SSH channel closes.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from matrix.errors import HostLost, PrerequisiteError
 from matrix.hosts import HostSpec
 
 LINK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
-REMOTE_BASE = "/var/tmp/kmatrix"
+REMOTE_ROOT = "~/.cache/kmatrix-remote"
+GUARD_GRACE_S = 15.0
+"""How long a cut batch gets to stop by itself: the VM batch kills vng and QEMU."""
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """The `matrix` package, shipped whole: the runners it needs remotely are stdlib-only."""
 
@@ -36,17 +44,87 @@ PROBE = (
     "print(json.dumps({'python':list(sys.version_info[:3]),'euid':os.geteuid(),"
     "'tools':{t:shutil.which(t,path=p) for t in sys.argv[1:]}}))"
 )
-KILL_MARKED = (
-    "import os,signal,sys\n"
-    "m=sys.argv[1].encode();me={os.getpid(),os.getppid()}\n"
-    "for p in os.listdir('/proc'):\n"
-    " if not p.isdigit() or int(p) in me: continue\n"
-    " try:\n"
-    "  if m in open('/proc/%s/cmdline'%p,'rb').read(): os.kill(int(p),signal.SIGKILL)\n"
-    " except OSError: pass\n"
+_MARKED = (
+    "import os,re,signal,sys,time\n"
+    "def kill_marked(work,skip):\n"
+    " m=re.compile(re.escape(work.encode())+rb'(?![^/\\s,\\'\"=:])')\n"
+    " for p in os.listdir('/proc'):\n"
+    "  if not p.isdigit() or int(p) in skip: continue\n"
+    "  try:\n"
+    "   if m.search(open('/proc/%s/cmdline'%p,'rb').read()): os.kill(int(p),signal.SIGKILL)\n"
+    "  except OSError: pass\n"
 )
+KILL_MARKED = _MARKED + "kill_marked(sys.argv[1],{os.getpid(),os.getppid()})\n"
 """Kill every process whose command line names the batch's private directory: the
 agent forks its puzzles without exec, so they carry the path too."""
+
+GUARD = _MARKED + (
+    "import select,shutil,subprocess\n"
+    "work,cwd,argv=sys.argv[1],sys.argv[2],sys.argv[3:]\n"
+    "log=open(os.path.join(work,'run.log'),'ab')\n"
+    "p=subprocess.Popen(argv,cwd=cwd,stdin=subprocess.DEVNULL,stdout=log,stderr=log,"
+    "start_new_session=True)\n"
+    "cut=False\n"
+    "while p.poll() is None and not cut:\n"
+    " cut=bool(select.select([0],[],[],1.0)[0]) and not os.read(0,65536)\n"
+    "if not cut: sys.exit(p.returncode)\n"
+    f"for sig,grace in ((signal.SIGTERM,{GUARD_GRACE_S}),(signal.SIGKILL,5.0)):\n"
+    " try: os.killpg(p.pid,sig)\n"
+    " except OSError: pass\n"
+    " end=time.monotonic()+grace\n"
+    " while p.poll() is None and time.monotonic()<end: time.sleep(0.1)\n"
+    "kill_marked(work,{os.getpid(),os.getppid()})\n"
+    "shutil.rmtree(work,ignore_errors=True)\n"
+    "sys.exit(255)\n"
+)
+"""`python -c GUARD WORK CWD ARGV...`: run ARGV in CWD (output to WORK/run.log) as the
+leader of its own process group, and when stdin (the SSH channel) reaches EOF because
+the connection dropped, SIGTERM the group (the VM batch then tears down vng and QEMU
+itself), SIGKILL it after GUARD_GRACE_S, kill whatever still names WORK, and remove
+WORK: kmatrix, which would have cleaned up, has lost the host."""
+
+PRIVATE_WORKDIR = """
+import json,os,stat,sys,tempfile
+uid=os.geteuid()
+def why_not_private(path):
+    st=os.lstat(path)
+    mode=stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode): return 'it is a symlink'
+    if not stat.S_ISDIR(st.st_mode): return 'it is not a directory'
+    if st.st_uid!=uid: return 'it is owned by uid %d, not %d' % (st.st_uid,uid)
+    if mode!=0o700: return 'it has mode %o, not 700' % mode
+    return ''
+def why_shared(path):
+    p=os.path.realpath(path)
+    while True:
+        st=os.stat(p)
+        if st.st_uid not in (0,uid) or st.st_mode&0o022 and not st.st_mode&stat.S_ISVTX:
+            return 'another user can change %s' % p
+        if p=='/': return ''
+        p=os.path.dirname(p)
+def private(path,parents=False):
+    try:
+        os.makedirs(path,mode=0o700,exist_ok=True)
+        why=(parents and why_shared(os.path.dirname(path))) or why_not_private(path)
+    except OSError as e:
+        why=e.strerror
+    if why: sys.exit('kmatrix: refusing %s: %s' % (path,why))
+    return path
+root=os.path.expanduser(sys.argv[1])
+if not os.path.isabs(root): sys.exit('kmatrix: no home directory for %s' % sys.argv[1])
+private(root,parents=True)
+runs,kernels=private(os.path.join(root,'runs')),private(os.path.join(root,'kernels'))
+print(json.dumps({'work':private(tempfile.mkdtemp(prefix=sys.argv[2],dir=runs)),'kernels':kernels}))
+"""
+"""`python -c PRIVATE_WORKDIR ROOT PREFIX`: make ROOT, ROOT/runs and ROOT/kernels
+private to the SSH user (0700, owned by it, not symlinks, no parent that another user
+can write), then a fresh batch directory in runs/; prints {"work", "kernels"}."""
+
+SHA256 = (
+    "import hashlib,sys\n"
+    "try: print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())\n"
+    "except OSError: print('')\n"
+)
 
 
 def connect(host: HostSpec, known_hosts: Path | None, timeout_s: float = 15.0) -> Connection:
@@ -145,7 +223,7 @@ def stream_tree(c: Connection, items: list[tuple[Path, str]], dest: str, sudo: s
     tmp = f"{dest}.part"
     cmd = f"{sudo}sh -c " + shlex.quote(
         f"rm -rf {shlex.quote(tmp)} && mkdir -p {shlex.quote(tmp)} && "
-        f"tar -xf - -C {shlex.quote(tmp)} && rm -rf {shlex.quote(dest)} && "
+        f"tar --no-same-owner -xf - -C {shlex.quote(tmp)} && rm -rf {shlex.quote(dest)} && "
         f"mv {shlex.quote(tmp)} {shlex.quote(dest)}"
     )
     try:

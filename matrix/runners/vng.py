@@ -32,6 +32,7 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import socket
@@ -39,10 +40,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from matrix import accel as accel_mod
-from matrix import procs, sanitize
+from matrix import guest_files, procs, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
 from matrix.runners import OnResult
@@ -68,6 +70,17 @@ def find_tool(name: str) -> str | None:
     if name == "vng" and beside.is_file():
         return str(beside)
     return procs.find_executable(name)
+
+
+def vng_env(vng: str) -> dict[str, str]:
+    """Our environment with PATH starting at the directory of the vng that runs: vng
+    starts its helpers (virtme-run, virtme-ng-init...) by name, and a venv's bin is
+    often not on PATH (kmatrix run by its path, an SSH session). The sbin directories
+    come last, for depmod and modprobe, as `check` finds them."""
+    dirs = [str(Path(vng).parent)] if os.path.isabs(vng) else []
+    dirs += os.environ.get("PATH", os.defpath).split(os.pathsep) + list(procs.SBIN_DIRS)
+    path = os.pathsep.join(dict.fromkeys(d for d in dirs if d))
+    return dict(os.environ, PATH=path)
 
 
 def guest_python() -> str:
@@ -151,11 +164,11 @@ class ConsoleWatch:
         self.problem = ""
 
     def scan(self) -> None:
-        """Read what is new; a marker split across two reads is caught by the carry."""
+        """Read what is new, at most MAX_SCAN_BYTES a call; a marker split across two reads
+        is caught by the carry. console.log lies in the guest's directory: a link or a
+        FIFO in its place reads as nothing (see `guest_files`)."""
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
+            data = guest_files.read_from(self.path, self.offset)
         except OSError:
             return
         self.offset += len(data)
@@ -200,6 +213,8 @@ class VngRunner:
         through the host's root, shared read-only (see `agent_io.agent_argv`)."""
         self.accel_choices: dict[str, tuple[str, str]] = {}
         """Kernel release -> (accelerator, why), for the run's manifest."""
+        self.accel_decision: accel_mod.Decision | None = None
+        """With "auto": the machine's answer (see `matrix.accel.decide`), for the manifest."""
 
     def check(self) -> None:
         """Name every missing tool and the package that provides it, all at once."""
@@ -207,16 +222,27 @@ class VngRunner:
         if missing:
             raise PrerequisiteError("vng runner needs: " + ", ".join(missing))
 
+    def prepare(self, batches: Sequence[Batch], stop: threading.Event | None = None) -> None:
+        """Decide the accelerator before any batch starts, so that a probe VM never shares
+        the CPU with a batch's VM; every batch then reuses the one answer."""
+        bootable = [b.kernel for b in batches if is_bzimage(Path(b.kernel.vmlinuz or ""))]
+        if self.accel == "auto" and bootable:
+            self.accel_decision = accel_mod.decide(bootable[0], stop=stop)
+        for kernel in bootable:
+            self.choose_accelerator(kernel)
+
     def choose_accelerator(self, kernel: ResolvedKernel) -> tuple[str, str]:
-        """('kvm' or 'tcg', why); with 'auto' a real boot decides (cached per kernel).
+        """('kvm' or 'tcg', why); with 'auto' one decision per machine (`accel.decide`:
+        cached on disk, a boot only when the CPU flags allow KVM and nothing is cached).
 
         Returned, and kept per kernel: batches of several kernels may run at once.
         """
         if self.accel != "auto":
             choice = self.accel, f"accelerator {self.accel} was asked for"
         else:
-            ok, reason = accel_mod.probe_kvm(kernel)
-            choice = ("kvm" if ok else "tcg"), reason
+            if self.accel_decision is None:
+                self.accel_decision = accel_mod.decide(kernel)
+            choice = self.accel_decision.accel, self.accel_decision.reason
         self.accel_choices[kernel.release] = choice
         return choice
 
@@ -237,7 +263,7 @@ class VngRunner:
         console.write_text(
             f"# kmatrix: accelerator {accel} ({why})\n# kmatrix: {shlex.join(argv)}\n"
         )
-        proc = procs.start_session(argv, console, cwd=workdir)
+        proc = procs.start_session(argv, console, cwd=workdir, env=vng_env(argv[0]))
         watch = ConsoleWatch(console, time.monotonic())
         try:
             failure = self._supervise(proc, batch, watch, collector, stop)
@@ -248,10 +274,13 @@ class VngRunner:
         collector.poll(final=True)
         complete = not collector.missing() and not collector.malformed
         failure = "" if complete else failure or self._missing_reason(collector, watch)
+        host_changes, host_error = collector.host_sysctl()
+        failure = host_error or failure
         boot_s = watch.boot_s
         if boot_s is None and collector.first_result_at is not None:
             boot_s = collector.first_result_at - watch.started
-        return self._outcome(collector, accel, console, failure, boot_s, started)
+        outcome = self._outcome(collector, accel, console, failure, boot_s, started)
+        return replace(outcome, host_sysctl_changed=host_changes)
 
     def _prepare(self, batch: Batch, workdir: Path, on_result: OnResult) -> ResultCollector:
         _, out = prepare(batch, workdir)

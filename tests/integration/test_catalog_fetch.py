@@ -47,6 +47,7 @@ def test_resolves_real_kernels(suite: str, mirrors: apt_sources.Mirrors, tmp_pat
     catalog = Catalog(tmp_path, mirrors.archive, mirrors.security)
     res = catalog.resolve(KernelSpec(suite, DebianSource(suite, pattern)))
     print(f"{suite}: {res.package} {res.version} ({res.size} B, {res.verify_note})")
+    assert res.verified is True and "signature verified" in res.verify_note
     assert res.version.startswith(prefix)
     assert len(res.sha256) == 64 and res.size > 1_000_000
     if suite == "sid":

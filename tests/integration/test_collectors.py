@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import types
@@ -48,6 +49,7 @@ pytestmark = [
 def _load(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"collector_{name}", COLLECTORS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -308,18 +310,27 @@ def test_leak_check_puts_back_a_changed_sysctl() -> None:
 
     def leak() -> dict:
         agent.write_sysctl(key, "2")
-        baseline = agent.host_baseline([{"sysctls": {key: "0", "net.ipv4.nope": "1"}}])
+        cells = [{"sysctls": {key: "1", "net.ipv4.nope": "1"}}]
+        baseline = agent.host_baseline(cells)
         agent.write_sysctl(key, "1")
         return {
             "baseline": baseline,
-            "changes": agent.host_changes(baseline, "c1"),
+            "changes": agent.host_changes(baseline, "c1", agent.requested_values(cells)),
             "now": agent.read_sysctl(key),
         }
 
     got = _in_fresh_netns(leak)
     assert got["baseline"] == {key: "2"}
     assert got["changes"] == [
-        {"cell_id": "c1", "key": key, "before": "2", "after": "1", "restored": True}
+        {
+            "cell_id": "c1",
+            "key": key,
+            "before": "2",
+            "after": "1",
+            "from_cell": True,
+            "restored": True,
+            "action": "a cell's value; put back to '2'",
+        }
     ]
     assert got["now"] == "2"
 
@@ -368,3 +379,64 @@ def test_a_collapsed_loop_is_stopped_early_and_says_so(tmp_path: Path) -> None:
     assert m["iterations"] > 14_000
     assert m["port_range"] == [32768, 60999]
     assert doc["evidence"]["final"]["state"] == "R"
+
+
+def _hammer(shared: Any, n: int) -> int:
+    """A child that stores 1..n into the shared counter as fast as it can."""
+    pid = os.fork()
+    if pid == 0:
+        words = shared.words
+        for i in range(1, n + 1):
+            words[puzzle2.ITERATIONS] = i
+        os._exit(0)
+    return pid
+
+
+def test_the_shared_counter_never_reads_torn() -> None:
+    """One process stores the counter, another reads it without a pause: every read is
+    a value that was stored (no zero in the middle, never smaller than the last)."""
+    shared = puzzle2.Shared(16)
+    n = 3_000_000
+    pid = _hammer(shared, n)
+    reads, last, bad = 0, 0, []
+    while last < n:
+        got = shared.iterations()
+        reads += 1
+        if got < last:
+            bad.append((last, got))
+        last = max(last, got)
+    os.waitpid(pid, 0)
+    shared.close()
+    assert not bad, bad[:5]
+    assert reads > 1000
+
+
+def test_the_monitor_treats_a_smaller_count_as_impossible() -> None:
+    shared = puzzle2.Shared(16)
+    watch = puzzle2.Watch(os.getpid(), shared, 10.0, 0.0, puzzle2.Goal(None, None, None))
+    shared.words[puzzle2.ITERATIONS] = 500
+    watch.sample()
+    shared.words[puzzle2.ITERATIONS] = 0
+    watch.sample()
+    shared.words[puzzle2.ITERATIONS] = 700
+    watch.sample()
+    shared.close()
+    assert [s["iterations"] for s in watch.series] == [500, 500, 700]
+    assert watch.regressions == 1
+
+
+def test_a_loop_stops_once_past_the_knee_by_both_margins() -> None:
+    """With a small range the knee comes early; the cell ends by its goal, well before
+    its safety limits, and says where the knee was."""
+    sysctls = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": "32768 36863"})
+    c = dict(cell("goal", "2A", sysctls, window_s=60.0), knee_margin=500, knee_margin_s=1.0)
+    out = Path(tempfile.mkdtemp(prefix="kmatrix-goal-")) / "out"
+    doc = run_agent(out, [c])["goal"]
+    m = doc["metrics"]
+    assert m["ended_by"] == "target", m
+    assert m["knee"] == 2048
+    assert m["iterations"] >= 2048 + 500
+    assert m["elapsed_s"] - m["knee_t"] >= 1.0
+    assert m["elapsed_s"] < 30
+    assert m["counter_regressions"] == 0
+    assert doc["limits"]["knee_margin"] == 500

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,10 +158,129 @@ def test_release_body_undoes_clearsign_dash_escaping() -> None:
     assert apt_sources.release_body("Origin: Debian\n") == "Origin: Debian\n"
 
 
-def test_unsigned_inrelease_is_recorded_not_verified(tmp_path: Path) -> None:
+def test_unsigned_inrelease_is_not_verified(tmp_path: Path) -> None:
     path = tmp_path / "InRelease"
     path.write_text("Origin: Debian\n")
-    assert apt_sources.verify_signature(path) == (False, "InRelease is not signed")
+    sig = apt_sources.verify_signature(path)
+    assert (sig.verified, sig.note, sig.body) == (
+        False,
+        "InRelease is not signed",
+        "Origin: Debian\n",
+    )
+
+
+def test_text_after_the_signature_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "InRelease"
+    path.write_text(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\n"
+        "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n"
+        "SHA256:\n " + "0" * 64 + " 1 main/binary-amd64/Packages.xz\n"
+    )
+    with pytest.raises(CatalogError, match="malformed InRelease"):
+        apt_sources.verify_signature(path, where="http://mirror.invalid/debian/dists/x/InRelease")
+
+
+def _fake_gpgv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str, code: int, stderr: str = ""
+) -> None:
+    """A gpgv first on PATH: `status` to its --status-fd, `stderr` to stderr, exit `code`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "gpgv"
+    script.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        "fd = int(sys.argv[sys.argv.index('--status-fd') + 1])\n"
+        f"os.write(fd, {status.encode()!r})\nsys.stderr.write({stderr!r})\n"
+        f"print('Origin: Debian')\nsys.exit({code})\n"
+    )
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _signed(tmp_path: Path) -> Path:
+    path = tmp_path / "InRelease"
+    path.write_text(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: Debian\n"
+        "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n"
+    )
+    return path
+
+
+def test_gpgv_exit_status_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GOODSIG and VALIDSIG in the status output are not enough when gpgv exits non-zero."""
+    _fake_gpgv(tmp_path, monkeypatch, "[GNUPG:] GOODSIG 1234 k\n[GNUPG:] VALIDSIG ABCD\n", 1)
+    ring = tmp_path / "ring.gpg"
+    ring.write_bytes(b"")
+    with pytest.raises(CatalogError, match="bad signature"):
+        apt_sources.verify_signature(_signed(tmp_path), [ring])
+
+
+def test_only_status_lines_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GOODSIG in gpgv's messages is no status line, and an expired key is not trusted."""
+    ring = tmp_path / "ring.gpg"
+    ring.write_bytes(b"")
+    status = "[GNUPG:] EXPKEYSIG 1234 k\n[GNUPG:] VALIDSIG AB\n"
+    _fake_gpgv(tmp_path, monkeypatch, status, 0, stderr="[GNUPG:] GOODSIG 1234 k\n")
+    sig = apt_sources.verify_signature(_signed(tmp_path), [ring])
+    assert sig.verified is False and "expired key" in sig.note
+
+
+def test_good_status_and_exit_zero_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ring = tmp_path / "ring.gpg"
+    ring.write_bytes(b"")
+    _fake_gpgv(tmp_path, monkeypatch, "[GNUPG:] GOODSIG 1234 k\n[GNUPG:] VALIDSIG AB\n", 0)
+    sig = apt_sources.verify_signature(_signed(tmp_path), [ring])
+    assert (sig.verified, sig.body) == (True, "Origin: Debian\n")
+
+
+def test_suite_and_codename_must_match() -> None:
+    body = "Origin: Debian\nSuite: oldstable\nCodename: bookworm\n"
+    apt_sources.check_suite(body, "bookworm", "x")
+    apt_sources.check_suite(body, "oldstable", "x")
+    with pytest.raises(
+        CatalogError, match=r"u/InRelease: index is for Suite 'oldstable'.*'trixie'"
+    ):
+        apt_sources.check_suite(body, "trixie", "u/InRelease")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("Version", "1/../../../../etc/cron.d"),
+        ("Version", ""),
+        ("Version", "1.0 -1"),
+        ("Version", "a1.0-1"),
+        ("Package", "linux-image-../../x"),
+        ("Package", "Linux"),
+        ("Filename", "pool/../../etc/x.deb"),
+        ("Filename", "/etc/passwd"),
+        ("Filename", "dists/x.deb"),
+        ("Filename", "pool/main/x.deb?y"),
+        ("Filename", "pool/main/"),
+        ("SHA256", "zz"),
+        ("Size", "-1"),
+    ],
+)
+def test_hostile_index_fields_are_refused(field: str, value: str) -> None:
+    idx = apt_sources.SuiteIndex("http://mirror.invalid/debian", "sid", {}, True, "ok")
+    with pytest.raises(CatalogError, match=rf"has {field} .*; expected .*; refusing it"):
+        idx.debfile("k", {**GOOD_STANZA, field: value})
+
+
+GOOD_STANZA = {
+    "Package": "linux-image-6.1.0-10-amd64",
+    "Version": "1:6.1.38-1+b1~exp1",
+    "Filename": "pool/main/l/linux/linux-image-6.1.0-10-amd64_1%3a6.1.38-1_amd64.deb",
+    "SHA256": "ab" * 32,
+    "Size": "10",
+}
+
+
+def test_policy_fields_pass() -> None:
+    idx = apt_sources.SuiteIndex("http://mirror.invalid/debian", "sid", {}, True, "ok")
+    deb = idx.debfile("k", GOOD_STANZA)
+    assert (deb.version, deb.size) == ("1:6.1.38-1+b1~exp1", 10)
+    assert idx.debfile("k", {**GOOD_STANZA, "Version": "7.3~rc7"}).version == "7.3~rc7"
 
 
 @pytest.mark.skipif(

@@ -24,7 +24,7 @@ needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs 
 
 @pytest.fixture(scope="module")
 def mirror_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Copy the fixture tree, build the debs, write Packages.xz/.gz and unsigned InRelease."""
+    """Copy the fixture tree, build the debs, write Packages.xz/.gz and signed InRelease."""
     if shutil.which("dpkg-deb") is None:
         pytest.skip("needs dpkg-deb")
     return build_tree(tmp_path_factory.mktemp("mirror"), tmp_path_factory.mktemp("debs"))
@@ -101,7 +101,7 @@ def test_security_suite_is_consulted(catalog: Catalog, server: Server, tmp_path:
         res.url == f"{server.url}/debian-security/pool/updates/main/l/linux/"
         "linux-image-6.1.0-10-amd64-unsigned_6.1.38-1_amd64.deb"
     )
-    assert res.verified is False and "not signed" in res.verify_note
+    assert res.verified is True and "signature verified" in res.verify_note
     plain = Catalog(tmp_path / "other")
     plain._mirrors = apt_sources.Mirrors(f"{server.url}/debian", None, "test")
     assert plain.resolve(spec("bookworm", "linux-image-6.1.0-*-amd64-unsigned")).version == (

@@ -157,7 +157,9 @@ def test_a_steady_loop_short_of_half_the_port_range_is_inconclusive() -> None:
     doc["metrics"]["port_range"] = [32768, 60999]
     c = classify(doc)
     assert c.verdict is Verdict.INFRA
-    assert "inconclusive: 5,000 connections never reached half the port range (14,116)" in c.reason
+    assert c.reason.startswith("inconclusive: 5,000 connections in 10.0 s")
+    assert "short of the knee (14,116, half the port range)" in c.reason
+    assert c.metrics["inconclusive"] is True
     doc["metrics"]["port_range"] = [40000, 40999]
     assert classify(doc).verdict is Verdict.SUCCESS
 
@@ -166,3 +168,67 @@ def test_a_loop_stopped_for_collapse_is_a_slowdown() -> None:
     doc = result(series=series([13000] * 4 + [200] * 16))
     doc["metrics"].update(ended_by="collapse", port_range=[32768, 60999])
     assert classify(doc).verdict is Verdict.SLOWDOWN
+
+
+KNEE_RANGE = [32768, 60999]  # knee at 14,116
+
+
+def knee_result(rates: list[float], margin: int = 1000, margin_s: float = 3.0, **kw: Any) -> dict:
+    doc = result(series=series(rates), **kw)
+    doc["metrics"]["port_range"] = KNEE_RANGE
+    doc["limits"] = {"knee_margin": margin, "knee_margin_s": margin_s}
+    return doc
+
+
+def test_success_needs_the_margins_past_the_knee() -> None:
+    """The 7.2 case: a window that ended 42 connections past the knee, the crawl only in
+    its last second, is not a success: it is inconclusive, with its figures."""
+    doc = knee_result([1000] * 28 + [158] * 2)  # 0.5 s samples: 14,000, then 158 in 1 s
+    doc["metrics"]["ended_by"] = "window"
+    c = classify(doc)
+    assert c.verdict is Verdict.INFRA and c.metrics["inconclusive"]
+    assert "stopped by the window_s" in c.reason and "past the knee (14,116)" in c.reason
+    assert key_figure("2B", c) == f"{c.metrics['iterations']:,} conns, short of the goal"
+
+
+def test_a_loop_past_both_margins_is_judged_on_its_post_knee_rate() -> None:
+    steady = knee_result([1000] * 40)  # 20,000 connections, 5.9 s past the knee
+    steady["metrics"]["ended_by"] = "target"
+    c = classify(steady)
+    assert c.verdict is Verdict.SUCCESS
+    assert c.metrics["knee_t"] == pytest.approx(14.116, abs=0.01)
+    crawl = knee_result([1000] * 29 + [50] * 80)  # crawls from 14,500 on
+    crawl["metrics"]["ended_by"] = "collapse"
+    c = classify(crawl)
+    assert c.verdict is Verdict.SLOWDOWN
+    assert c.metrics["late_rate"] < 100
+
+
+def test_a_crawl_before_the_knee_stopped_by_the_window_is_inconclusive() -> None:
+    doc = knee_result([1000] * 10 + [20] * 40)
+    doc["metrics"]["ended_by"] = "window"
+    c = classify(doc)
+    assert c.verdict is Verdict.INFRA and "short of the knee" in c.reason
+
+
+def test_thin_margins_are_named() -> None:
+    from matrix.classify import thin_reasons
+
+    near = knee_result([1000] * 29 + [300] * 20)  # late/early 0.3: within 2x of 0.2
+    near["metrics"]["ended_by"] = "target"
+    c = classify(near)
+    assert c.verdict is Verdict.SUCCESS
+    (reason,) = thin_reasons(near, c)
+    assert reason.startswith("late/early 0.3") and "within 2x of the 0.2 threshold" in reason
+    clear = knee_result([1000] * 29 + [20] * 80)
+    clear["metrics"]["ended_by"] = "collapse"
+    c = classify(clear)
+    assert c.verdict is Verdict.SLOWDOWN and thin_reasons(clear, c) == []
+    loaded = dict(near, host_load={"vm_wait_share": 0.4})
+    loaded_c = classify(loaded)
+    assert loaded_c.metrics["vm_wait_share"] == 0.4
+    assert "3x" in thin_reasons(loaded, loaded_c)[0]
+    dip = knee_result([1000] * 29 + [20] * 30 + [900] * 2)
+    dip["metrics"]["ended_by"] = "target"
+    c = classify(dip)
+    assert any("a dip" in r for r in thin_reasons(dip, c))
