@@ -25,6 +25,11 @@ Progress = Callable[[str, str, dict[str, Any] | None], None]
 """Called with (kernel, event, result): event is 'start', 'result' or 'done'."""
 
 
+FollowUp = Callable[[Batch], Batch | None]
+"""Called when a batch ends: the next batch of the same kernel to run (re-measurements),
+or None."""
+
+
 def run_batches(
     batches: list[Batch],
     runner_for: Callable[[Batch], Runner],
@@ -34,11 +39,15 @@ def run_batches(
     progress: Progress,
     remotes: Sequence[Machine] = (),
     label: str = "",
+    follow_up: FollowUp | None = None,
 ) -> dict[str, BatchOutcome]:
     """Host batches first and alone (their timings must not share the CPU with VMs),
     then the rest `jobs` at a time. With SSH hosts (`remotes`), slots of every machine
     take batches as they free up (see `matrix.schedule`). `label` tells a round of
-    re-measurements apart in batches/ and work/, so the first boot's records stay."""
+    re-measurements apart in batches/ and work/, so the first boot's records stay.
+
+    Locally, `follow_up` queues a kernel's re-measurements the moment its batch ends,
+    so they fill a slot that would otherwise idle while the last kernels run."""
 
     def record(rd: Path, kernel: str, outcome: BatchOutcome) -> None:
         record_outcome(rd, kernel + label, outcome)
@@ -52,16 +61,32 @@ def run_batches(
     outcomes: dict[str, BatchOutcome] = {}
     with HostLoad() as load:
 
-        def one(b: Batch) -> BatchOutcome:
-            return _one(b, runner_for(b), run_dir, stop, progress, load, label)
+        def one(b: Batch, tag: str = label) -> BatchOutcome:
+            return _one(b, runner_for(b), run_dir, stop, progress, load, tag)
+
+        def chain(b: Batch | None) -> list[tuple[Batch, BatchOutcome]]:
+            """A batch, then each follow-up of its kernel, one after the other."""
+            done: list[tuple[Batch, BatchOutcome]] = []
+            while b is not None and not stop.is_set():
+                done.append((b, one(b, f"{label}+r{len(done) + 1}" if done else label)))
+                b = follow_up(b) if follow_up else None
+                if b is not None:
+                    progress(b.kernel.spec.name, "remeasure", _remeasure_note(b))
+            return done
 
         for b in exclusive:
-            outcomes[b.kernel.spec.name] = one(b)
+            for first, outcome in chain(b)[:1]:
+                outcomes[first.kernel.spec.name] = outcome
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="batch") as pool:
-            futures = {pool.submit(one, b): b for b in shared}
-            for fut, b in futures.items():
-                outcomes[b.kernel.spec.name] = fut.result()
+            futures = [pool.submit(chain, b) for b in shared]
+            for fut in futures:
+                for first, outcome in fut.result()[:1]:
+                    outcomes[first.kernel.spec.name] = outcome
     return outcomes
+
+
+def _remeasure_note(b: Batch) -> dict[str, Any]:
+    return {"cells": len(b.cells), "attempt": max(c.attempt for c in b.cells)}
 
 
 def _one(

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from matrix import (
 from matrix.classify import DEFAULT_THRESHOLDS, Thresholds
 from matrix.config import Config
 from matrix.errors import CatalogError, ConfigError
-from matrix.execute import Progress, record_outcome, run_batches
+from matrix.execute import FollowUp, Progress, record_outcome, run_batches
 from matrix.model import Batch, BatchOutcome, KernelSpec, ResolvedKernel
 from matrix.runners import Runner
 
@@ -156,9 +156,33 @@ def execute(
     with procs.guarded(Path(run_dir).resolve() / "work"), stop_on_signals(stop):
         if jobs:
             accel.decide_for_run(runnable, runner_for, run_dir, stop)
-        run_batches(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
-        remeasure_rounds(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
+        follow = None if remotes else follow_up(run_dir)
+        run_batches(runnable, runner_for, run_dir, jobs, stop, progress, remotes, "", follow)
+        if remotes:
+            remeasure_rounds(runnable, runner_for, run_dir, jobs, stop, progress, remotes)
     return stop.is_set()
+
+
+def follow_up(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> FollowUp:
+    """After a kernel's batch: its cells whose verdict is not settled, as one more
+    batch of that kernel; at most `t.remeasure_max` of them per kernel, even when a
+    re-measurement itself brings nothing back."""
+    given: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def next_batch(done: Batch) -> Batch | None:
+        name = done.kernel.spec.name
+        with lock:
+            if given.get(name, 0) >= t.remeasure_max:
+                return None
+            planned = Batch(done.kernel, tuple(replace(c, attempt=1) for c in done.cells))
+            again = remeasure.next_round([planned], rundir.cell_results(run_dir), t)
+            if not again:
+                return None
+            given[name] = given.get(name, 0) + 1
+            return again[0]
+
+    return next_batch
 
 
 def remeasure_rounds(
@@ -171,8 +195,8 @@ def remeasure_rounds(
     remotes: Any = (),
     t: Thresholds = DEFAULT_THRESHOLDS,
 ) -> None:
-    """Measure again every cell whose verdict rests on a thin margin, one boot per
-    kernel per round, until each is settled or has had `t.remeasure_max` more tries."""
+    """With SSH hosts: measure again every cell whose verdict rests on a thin margin,
+    one round (a boot per kernel) at a time, at most `t.remeasure_max` rounds."""
     for n in range(2, t.remeasure_max + 2):
         again = remeasure.next_round(batches, rundir.cell_results(run_dir), t)
         if stop.is_set() or not again:

@@ -158,6 +158,7 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "verdict": worst,
         "flaky": len(set(verdicts)) > 1,
+        "confirmation": confirmation_mark(trials[0]),
         "key_figure": trials[0]["key_figure"],
         "reason": trials[0]["reason"],
         "href": "cells/" + page_name(trials[0]["cell_id"]),
@@ -237,13 +238,35 @@ def puzzle1_rows(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> l
     return out
 
 
+def confirmation_mark(row: Mapping[str, Any]) -> dict[str, str]:
+    """A matrix cell's short mark for how firmly its verdict stands, and its title."""
+    kind = str(row.get("confirmation") or "single-shot")
+    verdicts = list(row.get("attempt_verdicts") or [])
+    agree = sum(1 for v in verdicts if v == row.get("verdict"))
+    text = {
+        "confirmed": f"✓{agree}",
+        "majority": f"{agree}/{len(verdicts)}",
+        "unsettled": "unsettled",
+    }.get(kind, "1×")
+    why = str(row.get("remeasured_because") or "")
+    title = (
+        f"{kind}: "
+        + (", ".join(verdicts) or "not measured")
+        + (f"; re-measured: {why}" if why else "")
+    )
+    return {"kind": kind, "text": text, "title": title}
+
+
 def _legend(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
     """One entry per verdict: its rule text from the manifest (the classifier's own words)."""
     rules: dict[str, list[str]] = {}
     for verdict, text in manifest["rules"]:
         rules.setdefault(str(verdict), []).append(str(text))
     names = list(VERDICTS) + [v for v in rules if v not in VERDICTS]
-    return [{"verdict": v, "rules": rules.get(v, [])} for v in names]
+    legend = [{"verdict": v, "rules": rules.get(v, [])} for v in names]
+    if manifest.get("remeasure_rule"):
+        legend.append({"verdict": "re-measured", "rules": [str(manifest["remeasure_rule"])]})
+    return legend
 
 
 def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,7 +281,7 @@ def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "puzzle1": puzzle1,
         "explain": explain.paragraphs(rows, puzzle1),
         "legend": _legend(run.manifest),
-        "thresholds": run.manifest["thresholds"],
+        "thresholds": dict(run.manifest["thresholds"], **run.manifest.get("cell_limits", {})),
         "counts": counts,
         "total": len(rows),
         "failures": [k for k in kernels if k["failure"]],
@@ -278,6 +301,12 @@ _P2_METRICS = (
     ("stime_share", "system time share", 3),
     ("error_name", "error", None),
     ("error_iteration", "error at iteration", None),
+    ("knee_t", "past the knee at (s)", 2),
+    ("rate_cv", "pre-knee rate std/mean", 3),
+    ("host_load1", "host load average", 2),
+    ("host_steal_share", "host steal share", 3),
+    ("vm_wait_share", "VM waiting for a CPU", 3),
+    ("guest_steal_share", "guest steal share", 3),
 )
 _P1_METRICS = (
     ("bytes_queued", "bytes queued", None),

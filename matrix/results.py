@@ -192,9 +192,25 @@ def load_run(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> RunData:
         rules=[list(r) for r in rules(t)],
         remeasure_rule=remeasure_rule(t),
         thresholds=asdict(t),
+        cell_limits=cell_limits(plan),
     )
     details = {r["cell_id"]: raw[r["measured_id"]] for r in rows if r["measured_id"] in raw}
     return RunData(run_dir, manifest, table(rows), details)
+
+
+LIMIT_KEYS = ("knee_margin", "knee_margin_s", "collapse_s", "stall_s", "window_s", "iteration_cap")
+
+
+def cell_limits(plan: dict[str, Any]) -> dict[str, Any]:
+    """The cells' stopping rules (their goal past the knee and the safety limits), as
+    the legend shows them next to the thresholds; a range when cells differ."""
+    out: dict[str, Any] = {}
+    cells = [c for c in plan.get("cells", []) if c.get("knee_margin") is not None]
+    for key in LIMIT_KEYS:
+        values = sorted({c[key] for c in cells if key in c})
+        if values:
+            out[f"cell {key}"] = values[0] if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return out
 
 
 def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -> list[dict]:

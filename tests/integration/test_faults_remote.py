@@ -295,6 +295,7 @@ def test_a_cut_connection_stops_the_remote_batch(lab) -> None:
                 os.kill(pid, signal.SIGKILL)
         left = wait_for(lambda: remote_side(run), present=False, timeout_s=8)
         assert not left, f"still running on the host after the cut: {left}"
+        assert not list(s.runs.glob(f"{run.name}-*")), "the batch directory was left behind"
         assert proc.wait(timeout=120) == 1
     finally:
         if proc.poll() is None:
