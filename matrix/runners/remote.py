@@ -39,6 +39,7 @@ from matrix.runners.ssh import (
     REMOTE_ROOT,
     SHA256,
     connect,
+    guard_spec,
     package_tar,
     probe,
     put_bytes,
@@ -164,7 +165,7 @@ class RemoteRunner:
         else:
             agent = f"{base}/pkg/matrix/collectors/agent.py"
             cwd, argv = base, [py, agent, "--cells", "cells.json", "--out", "out"]
-        cmd = f"exec {self._sudo}" + shlex.join([py, "-c", GUARD, base, cwd, *argv])
+        cmd = f"exec {self._sudo}" + shlex.join([py, "-c", GUARD, guard_spec(base, cwd, argv)])
         try:
             chan = c.client.get_transport().open_session()
             chan.exec_command(cmd)

@@ -59,8 +59,9 @@ KILL_MARKED = _MARKED + "kill_marked(sys.argv[1],{os.getpid(),os.getppid()})\n"
 agent forks its puzzles without exec, so they carry the path too."""
 
 GUARD = _MARKED + (
-    "import select,shutil,subprocess\n"
-    "work,cwd,argv=sys.argv[1],sys.argv[2],sys.argv[3:]\n"
+    "import json,select,shutil,subprocess\n"
+    "spec=json.loads(bytes.fromhex(sys.argv[1]))\n"
+    "work,cwd,argv=spec['work'],spec['cwd'],spec['argv']\n"
     "log=open(os.path.join(work,'run.log'),'ab')\n"
     "p=subprocess.Popen(argv,cwd=cwd,stdin=subprocess.DEVNULL,stdout=log,stderr=log,"
     "start_new_session=True)\n"
@@ -77,11 +78,13 @@ GUARD = _MARKED + (
     "shutil.rmtree(work,ignore_errors=True)\n"
     "sys.exit(255)\n"
 )
-"""`python -c GUARD WORK CWD ARGV...`: run ARGV in CWD (output to WORK/run.log) as the
+"""`python -c GUARD SPEC`: run SPEC's argv in its cwd (output to WORK/run.log) as the
 leader of its own process group, and when stdin (the SSH channel) reaches EOF because
 the connection dropped, SIGTERM the group (the VM batch then tears down vng and QEMU
 itself), SIGKILL it after GUARD_GRACE_S, kill whatever still names WORK, and remove
-WORK: kmatrix, which would have cleaned up, has lost the host."""
+WORK: kmatrix, which would have cleaned up, has lost the host. SPEC is
+{"work", "cwd", "argv"} as hex-encoded JSON (`guard_spec`), so that the guard's own
+command line does not name WORK: the batch's cleanup kills whatever does."""
 
 PRIVATE_WORKDIR = """
 import json,os,stat,sys,tempfile
@@ -125,6 +128,11 @@ SHA256 = (
     "try: print(hashlib.sha256(open(sys.argv[1],'rb').read()).hexdigest())\n"
     "except OSError: print('')\n"
 )
+
+
+def guard_spec(work: str, cwd: str, argv: list[str]) -> str:
+    """GUARD's one argument."""
+    return json.dumps({"work": work, "cwd": cwd, "argv": argv}).encode().hex()
 
 
 def connect(host: HostSpec, known_hosts: Path | None, timeout_s: float = 15.0) -> Connection:
