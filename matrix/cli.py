@@ -112,6 +112,11 @@ def _run_parser(sub: Any) -> None:
     )
     r.add_argument("--host-capacity", type=int, default=1, help="batches at once per --hosts host")
     r.add_argument("--accel", choices=["auto", "kvm", "tcg"])
+    r.add_argument(
+        "--guest-user",
+        metavar="NAME",
+        help="run QEMU as this user, so guests read this machine with its rights only",
+    )
     r.add_argument("--out", type=Path, help="run directory (default: <runs_dir>/<run-id>)")
     r.add_argument(
         "--resume",
@@ -184,6 +189,9 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         settings = replace(settings, jobs=args.jobs or settings.jobs)
     if args.accel:
         settings = replace(settings, accel=args.accel)
+    if getattr(args, "guest_user", None):
+        name = config.guest_user("command line", "--guest-user", args.guest_user)
+        settings = replace(settings, guest_user=name)
     return replace(cfg, settings=settings)
 
 
@@ -303,6 +311,7 @@ def runner_factory(cfg: config.Config) -> Any:
                 accel=s.accel,
                 boot_timeout_s=s.boot_timeout_s,
                 extra_per_cell_s=AGENT_SLACK_S,
+                guest_user=s.guest_user,
             )
         return cache["vng"]
 

@@ -8,6 +8,7 @@ expected, so a user fixes it in one go instead of reading a traceback.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ class Settings:
     known_hosts: Path | None = None
     identity: Path | None = None
     allow_unverified: bool = False
+    guest_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,23 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
             src, "settings.boot_timeout_s", t.get("boot_timeout_s", d.boot_timeout_s)
         ),
         allow_unverified=_bool(src, "settings.allow_unverified", t.get("allow_unverified", False)),
+        guest_user=(
+            guest_user(src, "settings.guest_user", t["guest_user"]) if "guest_user" in t else None
+        ),
     )
+
+
+def guest_user(src: str, key: str, v: Any) -> str:
+    """An existing, unprivileged account for QEMU to run as (see `runners.guest_user`)."""
+    name = _str(src, key, v)
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        expected = "expected an existing user, e.g. one made with useradd --system"
+        raise ConfigError(src, key, f"{name!r}: no such user; {expected}") from None
+    if uid == 0:
+        raise ConfigError(src, key, f"{name!r} is root; expected an unprivileged user")
+    return name
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -223,6 +241,13 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
             src, f"{where}.knee_margin_s", t.get("knee_margin_s", lim.knee_margin_s), zero=True
         ),
     )
+    if limits.knee_margin_s >= limits.window_s:
+        raise ConfigError(
+            src,
+            f"{where}.knee_margin_s",
+            f"{limits.knee_margin_s:g}; expected less than window_s ({limits.window_s:g}), "
+            "which is only a safety limit on top of the goal past the knee",
+        )
     trials = _int(src, f"{where}.trials", t.get("trials", base.trials), 1)
     return Sweep(scen, sysctls, fixed, trials, limits, swept)
 

@@ -90,6 +90,7 @@ def manifest(run_dir: Path, config: Config, argv: list[str]) -> dict[str, Any]:
         "qemu_version": qemu_version(),
         "config_path": str(config.path),
         "allow_unverified": apt_sources.unverified_allowed(config.settings.allow_unverified),
+        "guest_user": config.settings.guest_user or "",
         "interrupted": False,
     }
 

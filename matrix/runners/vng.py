@@ -25,6 +25,9 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
 - `--user root`: the agent makes network namespaces and writes sysctls.
 - The guest sees the host's root read-only over 9p, so the host's python
   (`sys.executable`, a pyenv path here) and the repository run in the guest as is.
+  QEMU serves those files, as root unless `guest_user` names an account: then
+  `--qemu-opts=-runas NAME` makes QEMU drop to it before the guest starts, and the
+  guest reads the host only as NAME could (see `matrix.runners.guest_user`).
 - `--exec` travels base64-encoded on the kernel command line (2 KiB on x86), so it
   stays short: the cell list is a file.
 - vng has no timeout and QEMU outlives vng when killed alone: see `matrix.procs`.
@@ -48,7 +51,14 @@ from matrix import guest_files, procs, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
 from matrix.runners import OnResult
-from matrix.runners.agent_io import ResultCollector, agent_argv, cell_budget_s, prepare
+from matrix.runners.agent_io import (
+    ResultCollector,
+    agent_argv,
+    agent_path,
+    cell_budget_s,
+    prepare,
+)
+from matrix.runners.guest_user import GuestUser
 
 POLL_S = 0.5
 EXIT_GRACE_S = 20.0
@@ -203,6 +213,7 @@ class VngRunner:
         boot_timeout_s: float = 120.0,
         extra_per_cell_s: float = 30.0,
         agent: Path | None = None,
+        guest_user: str | None = None,
     ) -> None:
         if accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
@@ -211,6 +222,8 @@ class VngRunner:
         self.agent = agent
         """The agent script the guest runs; None is the real one. The guest sees it
         through the host's root, shared read-only (see `agent_io.agent_argv`)."""
+        self.guest_user = GuestUser.lookup(guest_user) if guest_user else None
+        """The account QEMU runs as, so the guest reads the host with its rights only."""
         self.accel_choices: dict[str, tuple[str, str]] = {}
         """Kernel release -> (accelerator, why), for the run's manifest."""
         self.accel_decision: accel_mod.Decision | None = None
@@ -221,6 +234,8 @@ class VngRunner:
         missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if find_tool(tool) is None]
         if missing:
             raise PrerequisiteError("vng runner needs: " + ", ".join(missing))
+        if self.guest_user is not None:
+            self.guest_user.python(guest_python())
 
     def prepare(self, batches: Sequence[Batch], stop: threading.Event | None = None) -> None:
         """Decide the accelerator before any batch starts, so that a probe VM never shares
@@ -288,8 +303,11 @@ class VngRunner:
 
     def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
         image = stage_kernel(kernel, workdir / "kernel")
-        cmd = shlex.join(agent_argv(workdir, guest_python(), self.agent))
-        return vng_argv(
+        python, user = guest_python(), self.guest_user
+        if user is not None:
+            python = self._hand_over(user, kernel, workdir)
+        cmd = shlex.join(agent_argv(workdir, python, self.agent))
+        argv = vng_argv(
             image=image,
             accel=accel,
             memory_mb=self.memory_mb,
@@ -297,6 +315,14 @@ class VngRunner:
             rwdirs=[workdir],
             exec_cmd=cmd,
         )
+        return argv + (user.qemu_flags() if user is not None else [])
+
+    def _hand_over(self, user: GuestUser, kernel: ResolvedKernel, workdir: Path) -> str:
+        """Check what the guest needs as `user`, give it the workdir; return the python."""
+        modules = Path(kernel.modules_dir).resolve() if kernel.modules_dir else None
+        user.check_batch(workdir, Path(self.agent or agent_path()), modules)
+        user.give_workdir(workdir)
+        return user.python(guest_python())
 
     def _supervise(
         self,

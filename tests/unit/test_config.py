@@ -74,6 +74,16 @@ def test_packaged_default_is_valid() -> None:
         (("jobs = 2", "jobz = 2"), "settings.jobz", "unknown key"),
         (("window_s = 5", "window_s = 0"), "profiles.quick.window_s", "positive number"),
         (("[0, 1]", "[true]"), "sweep.sysctls.net.ipv4.tcp_tw_reuse", "expected an integer"),
+        (
+            ("window_s = 5", "window_s = 5\nknee_margin_s = 8"),
+            "profiles.quick.knee_margin_s",
+            "expected less than window_s (5)",
+        ),
+        (
+            ("window_s = 5", "window_s = 5\nknee_margin = -1"),
+            "profiles.quick.knee_margin",
+            "expected an integer >= 0",
+        ),
     ],
 )
 def test_errors_name_file_key_and_expectation(
