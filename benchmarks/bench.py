@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from matrix import config, procs  # noqa: E402
 from matrix.catalog import Catalog  # noqa: E402
 from matrix.model import Batch, Cell, Limits, ResolvedKernel  # noqa: E402
-from matrix.runners.vng import VngRunner, find_tool, stage_kernel  # noqa: E402
+from matrix.runners.vng import VngRunner, find_tool, stage_kernel, vng_env  # noqa: E402
 
 Row = tuple[str, str, str, bool | None]
 """(figure, measured, goal, met); met is None where there is no goal."""
@@ -54,7 +54,7 @@ def bare_vng(kernel: ResolvedKernel, work: Path) -> float:
     argv = [find_tool("vng") or "vng", "--run", str(image), "--force-9p", "--disable-kvm"]
     argv += ["--memory", "2048", "--cpus", "1", "--exec", "true"]
     started = time.monotonic()
-    session = procs.start_session(argv, work / "vng.log", cwd=work)
+    session = procs.start_session(argv, work / "vng.log", cwd=work, env=vng_env(argv[0]))
     try:
         session.proc.wait(timeout=180)
     finally:

@@ -93,7 +93,7 @@ class Limits:
     knee_margin: int = 1000
     """A puzzle-2 cell has shown enough this many connections past the knee (half the
     port range, where 2B runs out of ports)..."""
-    knee_margin_s: float = 1.0
+    knee_margin_s: float = 3.0
     """...and this many seconds past it; window_s and iteration_cap are then only
     safety limits, and a cell stopped by one of them short of the knee is inconclusive."""
 

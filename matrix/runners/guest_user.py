@@ -10,9 +10,9 @@ the cache (under /root by default) and may run depmod into it, and because its o
 interpreter often lives where NAME cannot read (a pyenv under /root).
 
 What the guest needs to reach, as NAME, over the host's root: the batch directory (its
-`--rwdir`, which kmatrix hands to NAME), the python it runs and the agent's directory,
-and the kernel's modules (the guest links them into /lib/modules). Each is checked
-before the boot and named when it is out of reach.
+`--rwdir`) and its out/, which kmatrix hands to NAME, the python it runs and the agent's
+directory, and the kernel's modules (the guest links them into /lib/modules). Each is
+checked before the boot and named when it is out of reach.
 """
 
 from __future__ import annotations
@@ -83,13 +83,15 @@ class GuestUser:
             raise PrerequisiteError(f"guest_user {self.name}: cannot check paths as it")
         return proc.stdout.splitlines()
 
-    def give_workdir(self, workdir: Path) -> None:
-        """Hand the batch directory (QEMU writes the guest's results there) to the user;
-        links are changed, never followed."""
-        for top, dirs, files in os.walk(workdir):
+    def give(self, out: Path) -> None:
+        """Hand the directory the guest writes its results into to the user, links
+        changed, never followed. Only that one: the batch directory above it (the staged
+        kernel, the cells file) stays root's, so no process of the user can swap what
+        vng reads as root."""
+        for top, dirs, files in os.walk(out):
             for name in (*dirs, *files):
                 os.chown(Path(top) / name, self.uid, self.gid, follow_symlinks=False)
-        os.chown(workdir, self.uid, self.gid, follow_symlinks=False)
+        os.chown(out, self.uid, self.gid, follow_symlinks=False)
 
     def python(self, preferred: str) -> str:
         """`preferred` when the user can run it, else the system's python3."""

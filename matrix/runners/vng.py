@@ -318,10 +318,10 @@ class VngRunner:
         return argv + (user.qemu_flags() if user is not None else [])
 
     def _hand_over(self, user: GuestUser, kernel: ResolvedKernel, workdir: Path) -> str:
-        """Check what the guest needs as `user`, give it the workdir; return the python."""
+        """Check what the guest needs as `user`, give it out/; return the python."""
         modules = Path(kernel.modules_dir).resolve() if kernel.modules_dir else None
         user.check_batch(workdir, Path(self.agent or agent_path()), modules)
-        user.give_workdir(workdir)
+        user.give(workdir / "out")
         return user.python(guest_python())
 
     def _supervise(

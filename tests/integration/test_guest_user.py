@@ -2,7 +2,7 @@
 
 kmatrix runs as root and QEMU serves the host's root to the guest over 9p. A test
 agent reads files only root may read (/etc/gshadow, a 0600 file this test puts under
-/root) and writes what it got, a SHA-256 or the error's name, beside its cells file;
+/root) and writes what it got, a SHA-256 or the error's name, into its results directory;
 then it runs the real agent, so the batch's results come back as usual. Without a
 guest user the guest reads both; with `nobody` it reads neither.
 
@@ -56,7 +56,8 @@ def probe(path):
 
 args = agent.parse_args(None)
 seen = {{p: probe(p) for p in {paths!r}}}
-Path(args.cells).with_name("exposure.json").write_text(json.dumps(seen))
+Path(args.out).mkdir(exist_ok=True)
+Path(args.out, "exposure.json").write_text(json.dumps(seen))
 sys.exit(agent.main())
 """
 
@@ -128,7 +129,7 @@ def boot(base: Path, kernel: ResolvedKernel, secret: Path, user: str | None) -> 
     cell = Cell("test", "1A", (), 0, Limits(window_s=2.0, stall_s=2.0, iteration_cap=500))
     workdir = base / f"wd-{user or 'root'}"
     outcome = runner.run_batch(Batch(kernel, (cell,)), workdir, threading.Event(), print)
-    exposure = workdir / "exposure.json"
+    exposure = workdir / "out" / "exposure.json"
     seen = json.loads(exposure.read_text()) if exposure.is_file() else {}
     return outcome, seen, workdir
 
@@ -165,6 +166,7 @@ def test_with_guest_user_the_guest_reads_neither(
     assert seen["/etc/gshadow"] == "PermissionError"
     assert seen[str(secret)] == "PermissionError"
     assert (workdir / "out").stat().st_uid == pwd.getpwnam(USER).pw_uid
+    assert workdir.stat().st_uid == 0 and (workdir / "kernel").stat().st_uid == 0
 
 
 def test_kernel_out_of_the_users_reach_is_named(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ pytestmark = [
 CONFIG = """
 [sweep]
 scenarios = ["2B"]
-window_s = 2
+window_s = 6
 iteration_cap = 200000
 stall_s = 2
 [sweep.sysctls]
