@@ -96,11 +96,21 @@ def _run_parser(sub: Any) -> None:
         help="sweep exactly these values (repeatable); replaces the config's sweep",
     )
     r.add_argument("--trials", type=int)
-    r.add_argument("--window", type=float, help="seconds, upper bound of a puzzle-2 cell")
+    r.add_argument(
+        "--window",
+        type=float,
+        help="seconds, the safety limit of a puzzle-2 cell (it ends at its goal past the knee)",
+    )
     r.add_argument("--cap", type=int, help="iteration cap of a puzzle-2 cell")
     r.add_argument("--stall", type=float, help="seconds without progress that count as a hang")
     r.add_argument(
         "--collapse", type=float, help="stop a loop this long below a tenth of its best rate"
+    )
+    r.add_argument(
+        "--knee-margin", type=int, help="a cell's goal: this many connections past the knee"
+    )
+    r.add_argument(
+        "--knee-margin-s", type=float, help="a cell's goal: this many seconds past the knee"
     )
     r.add_argument(
         "--jobs", type=int, help="VMs at once here (default: fit the machine; 0: only --hosts)"
@@ -173,6 +183,8 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         ("cap", "iteration_cap"),
         ("stall", "stall_s"),
         ("collapse", "collapse_s"),
+        ("knee_margin", "knee_margin"),
+        ("knee_margin_s", "knee_margin_s"),
     ):
         if getattr(args, opt) is not None:
             overrides[key] = getattr(args, opt)

@@ -161,6 +161,9 @@ def repro_command(cell: dict[str, Any]) -> str:
         "--collapse",
         f"{cell.get('collapse_s', 0):g}",
     ]
+    if "knee_margin" in cell:
+        parts += ["--knee-margin", str(cell["knee_margin"])]
+        parts += ["--knee-margin-s", f"{cell['knee_margin_s']:g}"]
     return shlex.join(parts)
 
 

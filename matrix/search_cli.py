@@ -48,7 +48,11 @@ def add_parsers(sub: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", default="2B", choices=sorted(SCENARIOS))
     p.add_argument("--trials", type=int, default=1, help="per probe; the majority decides")
-    p.add_argument("--window", type=float, help="seconds, upper bound of a puzzle-2 cell")
+    p.add_argument(
+        "--window",
+        type=float,
+        help="seconds, the safety limit of a puzzle-2 cell (it ends at its goal past the knee)",
+    )
     p.add_argument("--cap", type=int, help="iteration cap of a puzzle-2 cell")
     p.add_argument("--stall", type=float, help="seconds without progress that count as a hang")
     p.add_argument("--jobs", type=int, help="VMs at once (default: fit the machine)")
