@@ -10,14 +10,13 @@ WORKDIR/outcome.json. SIGTERM, SIGHUP or SIGINT stop the batch cleanly.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from matrix import plan
+from matrix import plan, rundir
 from matrix.runners.vng import VngRunner
 
 
@@ -37,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     out = asdict(outcome)
     out["results"] = sorted(outcome.results)
     out["console_log"] = str(outcome.console_log or "")
-    tmp = workdir / ".outcome.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, workdir / "outcome.json")
+    rundir.write_json(workdir / "outcome.json", out)  # the guest can write here: no fixed tmp name
     return 0
 
 

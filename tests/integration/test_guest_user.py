@@ -128,7 +128,7 @@ def boot(base: Path, kernel: ResolvedKernel, secret: Path, user: str | None) -> 
     runner = VngRunner(accel="tcg", cpus=1, agent=agent(base, paths), guest_user=user)
     cell = Cell("test", "1A", (), 0, Limits(window_s=2.0, stall_s=2.0, iteration_cap=500))
     workdir = base / f"wd-{user or 'root'}"
-    outcome = runner.run_batch(Batch(kernel, (cell,)), workdir, threading.Event(), print)
+    outcome = runner.run_batch(Batch(kernel, (cell,)), workdir, threading.Event(), lambda *_: None)
     exposure = workdir / "out" / "exposure.json"
     seen = json.loads(exposure.read_text()) if exposure.is_file() else {}
     return outcome, seen, workdir
@@ -178,5 +178,5 @@ def test_kernel_out_of_the_users_reach_is_named(tmp_path: Path) -> None:
     cell = Cell("test", "1A", (), 0, Limits(window_s=1.0, stall_s=1.0, iteration_cap=10))
     batch = Batch(kernel_in(found), (cell,))
     with pytest.raises(PrerequisiteError, match="cannot reach") as e:
-        runner.run_batch(batch, tmp_path / "wd", threading.Event(), print)
+        runner.run_batch(batch, tmp_path / "wd", threading.Event(), lambda *_: None)
     assert "kernel's modules" in str(e.value)
