@@ -25,9 +25,26 @@ Progress = Callable[[str, str, dict[str, Any] | None], None]
 """Called with (kernel, event, result): event is 'start', 'result' or 'done'."""
 
 
-FollowUp = Callable[[Batch], Batch | None]
-"""Called when a batch ends: the next batch of the same kernel to run (re-measurements),
-or None."""
+FollowUp = Callable[[Batch, int], Batch | None]
+"""Called when a batch ends, with how many follow-ups its chain has had: the next batch
+of the same kernel to run (re-measurements), or None."""
+
+
+def balance(batches: list[Batch], slots: int) -> list[tuple[Batch, str]]:
+    """(batch, label) for the pool. One boot per kernel, except at the tail: when more
+    kernels than slots leave fewer kernels than slots for the last round, those are
+    split over the idle slots (an extra boot each, instead of cores sitting idle under TCG while one
+    guest runs alone). Parts are labelled "+p2", "+p3" in batches/ and work/."""
+    rest = len(batches) % slots if len(batches) > slots > 1 else 0
+    if not rest:
+        return [(b, "") for b in batches]
+    parts = slots // rest
+    out = [(b, "") for b in batches[:-rest]]
+    for b in batches[-rest:]:
+        n = min(parts, len(b.cells))
+        for i in range(n):
+            out.append((Batch(b.kernel, b.cells[i::n]), f"+p{i + 1}" if i else ""))
+    return out
 
 
 def run_batches(
@@ -61,27 +78,27 @@ def run_batches(
     outcomes: dict[str, BatchOutcome] = {}
     with HostLoad() as load:
 
-        def one(b: Batch, tag: str = label) -> BatchOutcome:
+        def one(b: Batch, tag: str) -> BatchOutcome:
             return _one(b, runner_for(b), run_dir, stop, progress, load, tag)
 
-        def chain(b: Batch | None) -> list[tuple[Batch, BatchOutcome]]:
-            """A batch, then each follow-up of its kernel, one after the other."""
+        def chain(b: Batch | None, tag: str) -> list[tuple[Batch, BatchOutcome]]:
+            """A batch, then each follow-up of its cells, one after the other."""
             done: list[tuple[Batch, BatchOutcome]] = []
             while b is not None and not stop.is_set():
-                done.append((b, one(b, f"{label}+r{len(done) + 1}" if done else label)))
-                b = follow_up(b) if follow_up else None
+                done.append((b, one(b, f"{tag}+r{len(done) + 1}" if done else tag)))
+                b = follow_up(b, len(done) - 1) if follow_up else None
                 if b is not None:
                     progress(b.kernel.spec.name, "remeasure", _remeasure_note(b))
             return done
 
         for b in exclusive:
-            for first, outcome in chain(b)[:1]:
+            for first, outcome in chain(b, label)[:1]:
                 outcomes[first.kernel.spec.name] = outcome
         with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="batch") as pool:
-            futures = [pool.submit(chain, b) for b in shared]
+            futures = [pool.submit(chain, b, label + part) for b, part in balance(shared, jobs)]
             for fut in futures:
                 for first, outcome in fut.result()[:1]:
-                    outcomes[first.kernel.spec.name] = outcome
+                    outcomes.setdefault(first.kernel.spec.name, outcome)
     return outcomes
 
 
@@ -106,17 +123,17 @@ def _one(
     else:
         progress(name, "start", None)
         workdir = fresh_workdir(run_dir, name + label)
-        load.begin(name, str(workdir.resolve()))
+        load.begin(name + label, str(workdir.resolve()))
 
         def keep(cell_id: str, result: dict[str, Any]) -> None:
-            load.stamp(name, result)
+            load.stamp(name + label, result)
             rundir.write_json(run_dir / "cells" / f"{cell_id}.json", result)
             progress(name, "result", result)
 
         try:
             outcome = attempt(runner, batch, workdir, stop, keep)
         finally:
-            load.end(name)
+            load.end(name + label)
     record_outcome(run_dir, name + label, outcome)
     progress(name, "done", None)
     return outcome

@@ -165,23 +165,18 @@ def execute(
 
 
 def follow_up(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> FollowUp:
-    """After a kernel's batch: its cells whose verdict is not settled, as one more
-    batch of that kernel; at most `t.remeasure_max` of them per kernel, even when a
-    re-measurement itself brings nothing back."""
-    given: dict[str, int] = {}
+    """After a batch: its cells whose verdict is not settled, as one more batch of that
+    kernel; at most `t.remeasure_max` of them in a row, even when a re-measurement
+    itself brings nothing back."""
     lock = threading.Lock()
 
-    def next_batch(done: Batch) -> Batch | None:
-        name = done.kernel.spec.name
+    def next_batch(done: Batch, given: int) -> Batch | None:
+        if given >= t.remeasure_max:
+            return None
+        planned = Batch(done.kernel, tuple(replace(c, attempt=1) for c in done.cells))
         with lock:
-            if given.get(name, 0) >= t.remeasure_max:
-                return None
-            planned = Batch(done.kernel, tuple(replace(c, attempt=1) for c in done.cells))
             again = remeasure.next_round([planned], rundir.cell_results(run_dir), t)
-            if not again:
-                return None
-            given[name] = given.get(name, 0) + 1
-            return again[0]
+        return again[0] if again else None
 
     return next_batch
 

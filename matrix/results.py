@@ -77,7 +77,7 @@ def build_rows(
     rows = []
     for cell in plan["cells"]:
         batch = batches.get(cell["kernel"], {})
-        failure = batch.get("failure") or "not run (run interrupted?)"
+        failure = batch_failure(batches, cell["kernel"]) or "not run (run interrupted?)"
         try:
             folded = fold(cell["id"], attempts_of(cell["id"], raw), failure, t)
             result = raw.get(folded.chosen_id)
@@ -94,6 +94,14 @@ def unclassifiable(cell_id: str, error: Exception) -> Folded:
     results were vetted at intake (`guest_result`), so this is the last resort."""
     why = f"result could not be classified ({type(error).__name__}: {str(error)[:200]})"
     return Folded(Classified(Verdict.INFRA, why), cell_id, (), "single-shot", True)
+
+
+def batch_failure(batches: dict[str, dict[str, Any]], kernel: str) -> str:
+    """Why a kernel's cells may lack results: the failures of its batches, which are
+    `<kernel>` and its parts and re-measurements (`<kernel>+p2`, `<kernel>+r2`)."""
+    names = [n for n in batches if n == kernel or n.split("+", 1)[0] == kernel]
+    failures = [batches[n].get("failure") for n in names]
+    return "; ".join(dict.fromkeys(f for f in failures if f))
 
 
 def confirmation_columns(folded: Folded) -> dict[str, Any]:

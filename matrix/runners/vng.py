@@ -35,10 +35,12 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shlex
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -112,6 +114,29 @@ def is_bzimage(path: Path) -> bool:
             return f.read(4) == b"HdrS"
     except OSError:
         return False
+
+
+def ensure_modules_dep(kernel: ResolvedKernel, staged: Path) -> None:
+    """Run the depmod vng would run at boot, once and under a lock: two batches of one
+    kernel may boot together (a split tail), and two depmods writing one tree at once
+    could leave a broken modules.dep."""
+    if kernel.modules_dir is None:
+        return
+    modules = Path(kernel.modules_dir)
+    if (modules / "modules.dep").is_file():
+        return
+    depmod = find_tool("depmod")
+    if depmod is None:
+        return
+    with open(modules.parent / f".{modules.name}.depmod.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (modules / "modules.dep").is_file():
+            subprocess.run(
+                [depmod, "-a", "-b", str(staged), kernel.release],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=300,
+            )
 
 
 def stage_kernel(kernel: ResolvedKernel, dest: Path) -> Path:
@@ -303,6 +328,7 @@ class VngRunner:
 
     def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
         image = stage_kernel(kernel, workdir / "kernel")
+        ensure_modules_dep(kernel, workdir / "kernel")
         python, user = guest_python(), self.guest_user
         if user is not None:
             python = self._hand_over(user, kernel, workdir)
