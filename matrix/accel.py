@@ -35,6 +35,7 @@ from typing import Any
 
 from matrix import procs, rundir
 from matrix.model import Batch, ResolvedKernel
+from matrix.runners.vng_cmd import is_bzimage, stage_kernel, vng_argv, vng_env
 
 _CACHE: dict[tuple[str, str], tuple[bool, str]] = {}
 _LOCK = threading.Lock()
@@ -383,9 +384,6 @@ def _boot_probe(
     stop: threading.Event | None = None,
     limits: ProbeLimits | None = None,
 ) -> tuple[bool, str]:
-    # Imported here: the runner imports this module to choose its accelerator.
-    from matrix.runners.vng import is_bzimage, stage_kernel, vng_argv, vng_env
-
     if kernel.vmlinuz is None or not is_bzimage(Path(kernel.vmlinuz)):
         return False, f"{NO_IMAGE}: {kernel.vmlinuz}"
     limits = replace(limits or ProbeLimits(), deadline_s=timeout_s)

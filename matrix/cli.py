@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matrix import __version__, config, hosts, job, plan, results, rundir, search_cli
+from matrix import __version__, config, factory, hosts, job, plan, results, rundir, search_cli
 from matrix.errors import ConfigError, KmatrixError
 from matrix.model import Batch
 from matrix.progress import Display
@@ -160,13 +160,6 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def load_config(args: argparse.Namespace) -> config.Config:
-    cfg = config.load(args.config)
-    if getattr(args, "profile", None):
-        cfg = config.apply_profile(cfg, args.profile)
-    return cfg
-
-
 def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
     """The config with the run's command-line options laid over it, validated the same way."""
     sw = cfg.sweep
@@ -208,7 +201,7 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    cfg = effective(load_config(args), args)
+    cfg = effective(factory.load_config(args), args)
     display = Display()
     if args.resume:
         run_dir = args.resume.resolve()
@@ -255,7 +248,7 @@ def _run_claimed(
     failures: dict[str, str],
 ) -> int:
     """The run itself, in a directory this process holds the lock of."""
-    runner_for = runner_factory(cfg)
+    runner_for = factory.runner_factory(cfg)
     jobs = 0 if args.jobs == 0 else job.auto_jobs(cfg)
     if jobs:
         job.check_runners(batches, runner_for, failures)
@@ -267,7 +260,7 @@ def _run_claimed(
         )
     rows = job.finish_run(run_dir, interrupted)
     reports = cfg.settings.reports_dir / run_dir.name
-    report = None if args.no_report else _render(run_dir, reports, cfg.settings.runs_dir)
+    report = None if args.no_report else factory.render(run_dir, reports, cfg.settings.runs_dir)
     display.summary(rows, run_dir, report)
     changed = args.fail_on_change and _verdicts_changed(run_dir, cfg.settings.runs_dir)
     if interrupted:
@@ -302,48 +295,10 @@ def remote_machines(cfg: config.Config, run_dir: Path, batches: list[Batch]) -> 
     return remote.machines(cfg.hosts, cfg.settings, run_dir.name, need_vm)
 
 
-def runner_factory(cfg: config.Config) -> Any:
-    """Which runner runs a batch: the host runner for the running kernel, else a VM."""
-    from matrix.runners.host import HostRunner
-
-    host = HostRunner()
-    cache: dict[str, Any] = {}
-
-    def runner_for(batch: Batch) -> Any:
-        if batch.kernel.spec.kind == "host":
-            return host
-        if "vng" not in cache:
-            from matrix.runners.agent_io import AGENT_SLACK_S
-            from matrix.runners.vng import VngRunner
-
-            s = cfg.settings
-            cache["vng"] = VngRunner(
-                memory_mb=s.memory_mb,
-                cpus=s.cpus,
-                accel=s.accel,
-                boot_timeout_s=s.boot_timeout_s,
-                extra_per_cell_s=AGENT_SLACK_S,
-                guest_user=s.guest_user,
-            )
-        return cache["vng"]
-
-    return runner_for
-
-
-def _render(run_dir: Path, out: Path, runs_dir: Path | None = None) -> Path:
-    """The run's report, its diff page, and the index of all runs next to it."""
-    from matrix.history_report import render_history
-    from matrix.report import render_report
-
-    index = render_report(results.load_run(run_dir), out)
-    render_history(run_dir, out, [run_dir.parent] + ([runs_dir] if runs_dir else []))
-    return index
-
-
 def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = config.load(args.config) if args.out is None else None
     out = args.out or cfg.settings.reports_dir / args.run_dir.name  # type: ignore[union-attr]
-    print(_render(args.run_dir, out, cfg.settings.runs_dir if cfg else None))
+    print(factory.render(args.run_dir, out, cfg.settings.runs_dir if cfg else None))
     return 0
 
 
@@ -389,7 +344,7 @@ def cmd_results(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_kernels(args: argparse.Namespace, argv: list[str]) -> int:
     from matrix.catalog import Catalog
 
-    cfg = load_config(args)
+    cfg = factory.load_config(args)
     display = Display()
     catalog = Catalog(
         cfg.settings.cache_dir,

@@ -18,19 +18,16 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
-import pandas as pd
 from markupsafe import Markup
 
 from matrix import explain, rundir, sanitize
 from matrix.plots import RatePlotter
+from matrix.results import RunData, records
 from matrix.scenarios import SCENARIOS
 from matrix.threshold_report import is_threshold_run, render_threshold
-
-if TYPE_CHECKING:
-    from matrix.results import RunData
 
 VERDICTS = ("success", "slowdown", "hang", "error", "infra")
 _SEVERITY = {"infra": 0, "success": 1, "slowdown": 2, "error": 3, "hang": 4}
@@ -104,16 +101,6 @@ def environment(path: Path | None = None) -> jinja2.Environment:
     env.filters["page"] = page_name
     env.globals["VERDICTS"] = VERDICTS
     return env
-
-
-def records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as plain dicts, with pandas' NaN/NA/NaT turned into None for the templates."""
-    rows = table.to_dict("records")
-    for row in rows:
-        for key, value in row.items():
-            if not isinstance(value, dict | list | tuple | str) and pd.isna(value):
-                row[key] = None
-    return rows
 
 
 def _sysctl_key(row: Mapping[str, Any]) -> str:

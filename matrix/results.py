@@ -179,6 +179,16 @@ def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(rows)
 
 
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain dicts, with pandas' NaN/NA/NaT turned into None for the templates."""
+    rows = table.to_dict("records")
+    for row in rows:
+        for key, value in row.items():
+            if not isinstance(value, dict | list | tuple | str) and pd.isna(value):
+                row[key] = None
+    return rows
+
+
 def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
     """results.jsonl: the table as JSON lines, readable without kmatrix."""
     path = run_dir / "results.jsonl"

@@ -1,7 +1,7 @@
 """The `kmatrix threshold` and `kmatrix bisect` commands: options in, a search run out.
 
-Kept apart from `matrix.cli` so the matrix command stays as it is; both commands reuse
-its config loading, runner choice and report rendering.
+Kept apart from `matrix.cli` so the matrix command stays as it is; both reuse the config
+loading, runner choice and report rendering of `matrix.factory`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from matrix import bisect, job, rundir
+from matrix import bisect, factory, job, rundir
 from matrix import threshold as th
 from matrix.catalog import Catalog
 from matrix.config import Config
@@ -83,9 +83,7 @@ def _pairs(options: list[str], flag: str) -> dict[str, str]:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Config, Catalog, Path]:
-    from matrix import cli
-
-    cfg = cli.load_config(args)
+    cfg = factory.load_config(args)
     if args.accel:
         cfg = replace(cfg, settings=replace(cfg.settings, accel=args.accel))
     if args.jobs is not None:
@@ -123,15 +121,13 @@ def _search(cfg: Config, args: argparse.Namespace) -> Search:
 
 
 def cmd_threshold(args: argparse.Namespace, argv: list[str]) -> int:
-    from matrix import cli
-
     cfg, catalog, run_dir = _setup(args)
     search = _search(cfg, args)
     names = [n.strip() for n in (args.kernels or "host").split(",") if n.strip()]
     kernels, failures = job.resolve(job.select(cfg, names), catalog)
     if failures:
         raise CatalogError("; ".join(failures.values()))
-    runner_for = cli.runner_factory(cfg)
+    runner_for = factory.runner_factory(cfg)
     job.check_runners([Batch(k, ()) for k in kernels], runner_for, {})
     keys = tuple(k for k, _ in search.fixed)
     rounds = Rounds(run_dir, cfg, runner_for, job.auto_jobs(cfg), fixed_keys=keys)
@@ -143,8 +139,6 @@ def cmd_threshold(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_bisect(args: argparse.Namespace, argv: list[str]) -> int:
-    from matrix import cli
-
     cfg, catalog, run_dir = _setup(args)
     (gname, gver), (bname, bver) = bisect.split_ref(args.good), bisect.split_ref(args.bad)
     pools = {n: bisect.family_builds(catalog, cfg.kernel(n)) for n in {gname, bname}}
@@ -162,7 +156,7 @@ def cmd_bisect(args: argparse.Namespace, argv: list[str]) -> int:
     fixed.update({k: v for k, v in DEFAULT_FIXED.get(args.scenario, {}).items() if k not in fixed})
     fixed.update(_pairs(args.sysctl, "--sysctl"))
     bis = bisect.Bisection(builds, args.scenario, tuple(fixed.items()), max(1, args.trials), limits)
-    runner_for = cli.runner_factory(cfg)
+    runner_for = factory.runner_factory(cfg)
     rounds = Rounds(run_dir, cfg, runner_for, 1, fixed_keys=tuple(fixed))
     rounds.start([], argv)
     bisect.run_bisection(bis, rounds, catalog)
@@ -174,13 +168,11 @@ def _finish(
     cfg: Config, args: argparse.Namespace, rounds: Rounds, lines: list[str], incomplete: bool
 ) -> int:
     """Close the run, render its report, print the answer; the exit code says how it went."""
-    from matrix import cli
-
     rounds.finish()
     run_dir = rounds.run_dir
     report = None
     if not args.no_report:
-        report = cli._render(
+        report = factory.render(
             run_dir, cfg.settings.reports_dir / run_dir.name, cfg.settings.runs_dir
         )
     for line in lines:

@@ -12,16 +12,14 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from markupsafe import Markup
 
 from matrix import rundir
 from matrix import threshold as th
 from matrix.plots import _RC, Figure, matplotlib
-
-if TYPE_CHECKING:
-    from matrix.results import RunData
+from matrix.results import RunData, records
 
 PAGE = "threshold.html"
 OK_COLOUR, BAD_COLOUR, PREDICT_COLOUR = "#16a34a", "#dc2626", "#6b7280"
@@ -129,8 +127,6 @@ def ratio_svg(
 
 def render_threshold(run: RunData, out_dir: Path, env: Any) -> Path:
     """Write out_dir/threshold.html from the run's threshold.json and table."""
-    from matrix.report import records
-
     doc = rundir.read_json(run.run_dir / "threshold.json")
     rows = {r["cell_id"]: r for r in records(run.table)} if len(run.table) else {}
     ratio = (run.manifest.get("thresholds") or {}).get("success_min_ratio")

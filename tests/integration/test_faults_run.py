@@ -26,7 +26,7 @@ import pytest
 from markupsafe import escape
 from rich.console import Console
 
-from matrix import cli, config, job, plan, procs, results
+from matrix import config, factory, job, plan, procs, results
 from matrix.catalog import Catalog
 from matrix.progress import Display
 from matrix.report import render_report
@@ -173,12 +173,12 @@ def test_report_pages_are_replaced_never_rewritten_in_place(tmp_path: Path) -> N
     is left behind."""
     run_dir = run_with(write_config(tmp_path, HOST), HostRunner())
     out = tmp_path / "reports" / "run"
-    cli._render(run_dir, out)
+    factory.render(run_dir, out)
     pages = sorted(out.parent.rglob("*.html"))
     assert len(pages) == 5, pages  # runs index, matrix, diff, two cells
     inodes = {p: p.stat().st_ino for p in pages}
     with open(out / "index.html", encoding="utf-8") as reader:
-        cli._render(run_dir, out)
+        factory.render(run_dir, out)
         old = reader.read()
     assert old.rstrip().endswith("</html>")
     assert [p for p in pages if p.stat().st_ino == inodes[p]] == []

@@ -18,7 +18,6 @@ import pytest
 from matrix import accel, procs, rundir
 from matrix.accel import Decision, HostKey, ProbeLimits
 from matrix.model import Batch, DebianSource, KernelSpec, ResolvedKernel
-from matrix.runners import vng
 from matrix.runners.vng import VngRunner
 
 KVM_KEY = HostKey("6.18.0", "QEMU emulator version 7.2.22", ("hypervisor", "vmx"), "10:232")
@@ -325,7 +324,7 @@ def fake_probe(monkeypatch, tmp_path: Path, mode: str) -> tuple[bool, str, float
         dirs.extend(kw["rwdirs"])
         return [sys.executable, str(script), mode, str(kw["rwdirs"][0]), str(qemu)]
 
-    monkeypatch.setattr(vng, "vng_argv", argv)
+    monkeypatch.setattr(accel, "vng_argv", argv)
     started = time.monotonic()
     ok, why = accel._boot_probe(make_kernel(tmp_path), FAST.deadline_s, limits=FAST)
     took = time.monotonic() - started
