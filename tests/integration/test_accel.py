@@ -22,7 +22,7 @@ import pytest
 from matrix import accel, config, job, plan, procs, rundir
 from matrix.catalog import Catalog
 from matrix.runners.vng import VngRunner, find_tool
-from tests.integration.test_faults import cached_61
+from tests.fixtures.kernels import fetch_61
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,13 +47,7 @@ print(json.dumps({**d.to_doc(), "process_s": time.monotonic() - started}))
 
 @pytest.fixture(scope="module")
 def k61() -> tuple[Path, Path]:
-    found = cached_61()
-    if found is None:
-        cfg = config.load(REPO / "kernels.toml")
-        Catalog(cfg.settings.cache_dir).fetch(cfg.kernel("6.1"))
-        found = cached_61()
-    assert found is not None
-    return found
+    return fetch_61()
 
 
 @pytest.fixture

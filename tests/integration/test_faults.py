@@ -36,11 +36,11 @@ from matrix.progress import Display
 from matrix.runners.host import HostRunner
 from matrix.runners.vng import VngRunner, find_tool
 from tests.fixtures.debmirror import Handler, Server, build_tree, serve
+from tests.fixtures.kernels import fetch_61
 from tests.fixtures.sshd import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTORS = REPO / "collectors"
-CACHE = Path.home() / ".cache" / "kmatrix" / "kernels"
 HOSTILE = "<script>alert('x')</script><img src=x onerror=alert(1)>\x1b[31mRED\x1b]0;title\x07\x07"
 RAW_MARKS = ("<script>alert", "<img src=x", "\x1b", "\x07")
 
@@ -51,25 +51,10 @@ pytestmark = [
 needs_vng = pytest.mark.skipif(find_tool("vng") is None, reason="virtme-ng is not installed")
 
 
-def cached_61() -> tuple[Path, Path] | None:
-    """(vmlinuz, modules dir) of the cached bookworm 6.1, as the catalog lays it out."""
-    for image in sorted(CACHE.glob("linux-image-6.1.*-amd64-unsigned_*/boot/vmlinuz-*")):
-        mods = image.parents[1] / "lib" / "modules" / image.name.removeprefix("vmlinuz-")
-        if mods.is_dir():
-            return image, mods
-    return None
-
-
 @pytest.fixture(scope="module")
 def k61() -> tuple[Path, Path]:
     """The 6.1 kernel files; fetched through the catalog when the cache lacks them."""
-    found = cached_61()
-    if found is None:
-        cfg = config.load(REPO / "kernels.toml")
-        Catalog(cfg.settings.cache_dir).fetch(cfg.kernel("6.1"))
-        found = cached_61()
-    assert found is not None
-    return found
+    return fetch_61()
 
 
 def write_config(tmp: Path, kernels: str, extra: str = "", sweep: str = "") -> Path:

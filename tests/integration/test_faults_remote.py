@@ -32,6 +32,7 @@ from matrix.hosts import HostSpec
 from matrix.model import KernelSpec, PathSource, ResolvedKernel
 from matrix.runners.ssh import connect
 from tests.fixtures import sshd
+from tests.fixtures.kernels import fetch_61
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,7 +40,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(sshd.SSHD).is_file(), reason="needs openssh-server"),
 ]
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path.home() / ".cache" / "kmatrix" / "kernels"
 VAR_TMP = Path("/var/tmp/kmatrix")
 NOBODY = 65534
 HEAVY_LOCK = "/tmp/kmatrix-heavy.lock"
@@ -374,20 +374,10 @@ def test_a_venv_kmatrix_run_by_path_runs_host_cells(venv, tmp_path: Path) -> Non
     assert {r["verdict"] for r in results(run)} != {"infra"}
 
 
-def cached_61() -> tuple[Path, Path] | None:
-    """(vmlinuz, modules dir) of the cached bookworm 6.1, as the catalog lays it out."""
-    for image in sorted(CACHE.glob("linux-image-6.1.*-amd64-unsigned_*/boot/vmlinuz-*")):
-        mods = image.parents[1] / "lib" / "modules" / image.name.removeprefix("vmlinuz-")
-        if mods.is_dir():
-            return image, mods
-    return None
-
-
 @pytest.mark.vm
-@pytest.mark.skipif(cached_61() is None, reason="no cached 6.1 (kmatrix kernels fetch 6.1)")
 def test_a_venv_kmatrix_run_by_path_boots_a_vm(venv, tmp_path: Path) -> None:
     """vng is the venv's, found beside its python; its helpers must be found too."""
-    image, mods = cached_61()  # type: ignore[misc]
+    image, mods = fetch_61()
     cfg = config(tmp_path, "vm")
     cfg.write_text(
         cfg.read_text()

@@ -20,27 +20,26 @@ import time
 from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
-from typing import Any
 
 import pytest
 from markupsafe import escape
 from rich.console import Console
 
-from matrix import config, factory, job, plan, procs, results
-from matrix.catalog import Catalog
+from matrix import factory, procs, results
 from matrix.progress import Display
 from matrix.report import render_report
 from matrix.runners.host import HostRunner
+from tests.fixtures.kernels import fetch_61
 from tests.fixtures.sshd import descendants
 from tests.integration.test_faults import (
     HOST,
     agent_script,
     batch_of,
-    cached_61,
     kmatrix,
     needs_vng,
     path_kernel,
     rows_of,
+    run_in_process,
     write_config,
 )
 
@@ -153,25 +152,11 @@ def test_a_run_directory_in_use_is_refused_until_its_run_dies(tmp_path: Path) ->
 # --- reports ----------------------------------------------------------------------------
 
 
-def run_with(cfg_path: Path, runner: Any, display: Display | None = None) -> Path:
-    """`kmatrix run` in this process with `runner` for every batch, as `cli.cmd_run` does."""
-    cfg = config.load(cfg_path)
-    kernels, failures = job.resolve(list(cfg.kernels), Catalog(cfg.settings.cache_dir))
-    batches = plan.plan(kernels, cfg.sweep)
-    run_dir = cfg_path.parent / "runs" / "run"
-    job.start_run(run_dir, batches, cfg, ["kmatrix", "test"])
-    display = display or Display(Console(file=StringIO()))
-    display.start(run_dir, batches, failures, set())
-    job.execute(batches, lambda b: runner, run_dir, 1, display.event, failures)
-    job.finish_run(run_dir, False)
-    return run_dir
-
-
 def test_report_pages_are_replaced_never_rewritten_in_place(tmp_path: Path) -> None:
     """Every page of a re-rendered report is a new file renamed into place: a reader of
     the old page (a browser, a web server) still reads all of it, and no temporary file
     is left behind."""
-    run_dir = run_with(write_config(tmp_path, HOST), HostRunner())
+    run_dir = run_in_process(write_config(tmp_path, HOST), HostRunner())
     out = tmp_path / "reports" / "run"
     factory.render(run_dir, out)
     pages = sorted(out.parent.rglob("*.html"))
@@ -241,11 +226,8 @@ def test_kill_9_of_kmatrix_ends_its_agents(tmp_path: Path) -> None:
 
 @pytest.fixture
 def kernel61() -> tuple[Path, Path]:
-    """The cached bookworm 6.1 (vmlinuz, modules): a path kernel, no download."""
-    found = cached_61()
-    if found is None:
-        pytest.skip("bookworm 6.1 is not cached; run `kmatrix kernels fetch 6.1` first")
-    return found
+    """The bookworm 6.1 (vmlinuz, modules) as a path kernel; fetched if not cached."""
+    return fetch_61()
 
 
 def _qemu_running(run_dir: Path) -> bool:
@@ -355,7 +337,7 @@ def test_a_changed_starting_namespace_is_an_error(
     )
     live = StringIO()
     runner = HostRunner(python=str(throwaway_netns_python(tmp_path)), agent=agent)
-    run_dir = run_with(cfg, runner, Display(Console(file=live, width=400)))
+    run_dir = run_in_process(cfg, runner, Display(Console(file=live, width=400)))
     assert host_value() == before
     summary = json.loads((run_dir / "work" / "host" / "out" / "agent.json").read_text())
     (first,) = [p.stem for p in (run_dir / "cells").glob("*.json") if "." not in p.stem]

@@ -30,10 +30,10 @@ import pytest
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, Cell, KernelSpec, Limits, PathSource, ResolvedKernel
 from matrix.runners.vng import VngRunner, find_tool
+from tests.fixtures.kernels import fetch_61
 
 REPO = Path(__file__).resolve().parents[2]
 COLLECTORS = REPO / "collectors"
-CACHE = Path.home() / ".cache" / "kmatrix" / "kernels"
 USER = "nobody"
 
 pytestmark = [
@@ -62,14 +62,6 @@ sys.exit(agent.main())
 """
 
 
-def cached_61() -> Path | None:
-    """The package directory of the cached bookworm 6.1 (boot/ and lib/modules/)."""
-    for image in sorted(CACHE.glob("linux-image-6.1.*-amd64-unsigned_*/boot/vmlinuz-*")):
-        if (image.parents[1] / "lib" / "modules").is_dir():
-            return image.parents[1]
-    return None
-
-
 def kernel_in(root: Path) -> ResolvedKernel:
     image = next((root / "boot").glob("vmlinuz-*"))
     release = image.name.removeprefix("vmlinuz-")
@@ -93,9 +85,7 @@ def base() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def kernel(base: Path) -> ResolvedKernel:
     """The cached 6.1, hard-linked (copied across filesystems) into `base`."""
-    found = cached_61()
-    if found is None:
-        pytest.skip("no cached bookworm 6.1: run `kmatrix kernels fetch 6.1`")
+    found = fetch_61()[0].parents[1]
     dest = base / "kernel"
     linked = subprocess.run(["cp", "-al", str(found), str(dest)], capture_output=True)
     if linked.returncode != 0:
@@ -171,9 +161,7 @@ def test_with_guest_user_the_guest_reads_neither(
 
 def test_kernel_out_of_the_users_reach_is_named(tmp_path: Path) -> None:
     """The cache under /root: the guest could not load a module, so no boot at all."""
-    found = cached_61()
-    if found is None:
-        pytest.skip("no cached bookworm 6.1")
+    found = fetch_61()[0].parents[1]
     runner = VngRunner(accel="tcg", guest_user=USER)
     cell = Cell("test", "1A", (), 0, Limits(window_s=1.0, stall_s=1.0, iteration_cap=10))
     batch = Batch(kernel_in(found), (cell,))
