@@ -18,6 +18,7 @@ import pytest
 from matrix import accel, procs, rundir
 from matrix.accel import Decision, HostKey, ProbeLimits
 from matrix.model import Batch, DebianSource, KernelSpec, ResolvedKernel
+from matrix.runners import kvm_probe
 from matrix.runners.vng import VngRunner
 
 KVM_KEY = HostKey("6.18.0", "QEMU emulator version 7.2.22", ("hypervisor", "vmx"), "10:232")
@@ -211,7 +212,7 @@ def test_a_cached_kvm_answer_is_not_used_once_dev_kvm_is_not_ours(machine, monke
 
 
 def test_an_unbootable_image_is_not_cached(machine, monkeypatch, tmp_path) -> None:
-    machine["answer"] = (False, f"{accel.NO_IMAGE}: /x")
+    machine["answer"] = (False, f"{kvm_probe.NO_IMAGE}: /x")
     accel.decide(make_kernel(tmp_path))
     fresh_process()
     machine["answer"] = (True, "ran")
@@ -244,10 +245,10 @@ def test_parallel_callers_share_one_probe(machine, tmp_path) -> None:
 
 def test_stall_rule() -> None:
     lim = ProbeLimits(quiet_s=5, banner_s=10)
-    assert accel.stall_reason("Probing EDD", 4.0, 4.0, lim) == ""
-    assert "silent" in accel.stall_reason("Probing EDD", 6.0, 5.5, lim)
-    assert "Linux version" in accel.stall_reason("dots", 10.5, 0.1, lim)
-    assert accel.stall_reason("[0.0] Linux version 6.1", 20.0, 1.0, lim) == ""
+    assert kvm_probe.stall_reason("Probing EDD", 4.0, 4.0, lim) == ""
+    assert "silent" in kvm_probe.stall_reason("Probing EDD", 6.0, 5.5, lim)
+    assert "Linux version" in kvm_probe.stall_reason("dots", 10.5, 0.1, lim)
+    assert kvm_probe.stall_reason("[0.0] Linux version 6.1", 20.0, 1.0, lim) == ""
 
 
 # --- the runner and the manifest ----------------------------------------------------------
@@ -324,7 +325,7 @@ def fake_probe(monkeypatch, tmp_path: Path, mode: str) -> tuple[bool, str, float
         dirs.extend(kw["rwdirs"])
         return [sys.executable, str(script), mode, str(kw["rwdirs"][0]), str(qemu)]
 
-    monkeypatch.setattr(accel, "vng_argv", argv)
+    monkeypatch.setattr(kvm_probe, "vng_argv", argv)
     started = time.monotonic()
     ok, why = accel._boot_probe(make_kernel(tmp_path), FAST.deadline_s, limits=FAST)
     took = time.monotonic() - started
@@ -350,9 +351,9 @@ def test_probe_without_a_kernel_banner_stops_early(monkeypatch, tmp_path) -> Non
 def test_probe_where_qemu_fails_says_why(monkeypatch, tmp_path) -> None:
     ok, why, _ = fake_probe(monkeypatch, tmp_path, "msr")
     assert not ok and "failed to set MSR" in why
-    assert not why.startswith(accel.INCONCLUSIVE)
+    assert not why.startswith(kvm_probe.INCONCLUSIVE)
 
 
 def test_probe_where_qemu_never_started_is_inconclusive(monkeypatch, tmp_path) -> None:
     ok, why, _ = fake_probe(monkeypatch, tmp_path, "no-qemu")
-    assert not ok and why.startswith(accel.NO_QEMU) and "virtme-run" in why
+    assert not ok and why.startswith(kvm_probe.NO_QEMU) and "virtme-run" in why
