@@ -25,10 +25,15 @@ class Thresholds:
     early_fraction: float = 0.1
     late_fraction: float = 0.2
     thin_band: float = 2.0
-    """A late/early ratio within this factor of success_min_ratio (0.1-0.4 by default)
-    is a thin margin: the cell is measured again."""
+    """A late/early ratio within this factor of success_min_ratio (0.1-0.4) is a thin
+    margin, and the cell is measured again, when the loop's own noise is unknown..."""
+    thin_floor: float = 1.25
+    thin_cv_factor: float = 3.0
+    """...else the band is 1 + thin_cv_factor x the pre-knee rate's std/mean, at least
+    thin_floor: a steady guest at 7x below its early rate is clear of a 5x line, a
+    wobbly one is not."""
     loaded_band: float = 3.0
-    """The same band on a visibly loaded machine (see `loaded`)."""
+    """The band on a visibly loaded machine (see `loaded`)."""
     loaded_vm_wait: float = 0.25
     """A VM whose threads waited this share of the cell's time for a CPU was loaded."""
     loaded_rate_cv: float = 0.5
@@ -83,12 +88,13 @@ def remeasure_rule(t: Thresholds = DEFAULT_THRESHOLDS) -> str:
     return (
         f"a cell whose verdict rests on a thin margin is measured again, at most "
         f"{t.remeasure_max} more times, and the majority of its conclusive measurements "
-        f"decides: a late/early ratio within {t.thin_band:g}x of {t.success_min_ratio:g} "
-        f"({t.loaded_band:g}x on a loaded machine: VM threads waiting for a CPU over "
-        f"{t.loaded_vm_wait:.0%} of the time, or pre-knee rates varying over "
-        f"{t.loaded_rate_cv:g} std/mean), a slowdown whose rate was back in its last "
-        "second (a dip), a hang on a loaded machine, or an inconclusive cell; "
-        "cells measured twice with the same verdict are marked confirmed"
+        f"decides: a late/early ratio near {t.success_min_ratio:g}, within a factor of "
+        f"1 + {t.thin_cv_factor:g} x the loop's pre-knee rate std/mean (at least "
+        f"{t.thin_floor:g}; {t.thin_band:g} when unknown; {t.loaded_band:g} on a loaded "
+        f"machine: VM threads waiting for a CPU over {t.loaded_vm_wait:.0%} of the time, or "
+        f"pre-knee rates varying over {t.loaded_rate_cv:g} std/mean), a slowdown whose "
+        "rate was back in its last second (a dip), a hang on a loaded machine, or an "
+        "inconclusive cell; cells measured twice with the same verdict are marked confirmed"
     )
 
 
@@ -280,11 +286,11 @@ def thin_reasons(
     reasons = []
     ratio = m.get("rate_ratio")
     if c.verdict in (Verdict.SUCCESS, Verdict.SLOWDOWN) and ratio is not None:
-        band = t.loaded_band if busy else t.thin_band
+        band = thin_band(m, busy, t)
         lo, hi = t.success_min_ratio / band, t.success_min_ratio * band
         if lo <= ratio <= hi:
             reasons.append(
-                f"late/early {ratio:.2f} is within {band:g}x of the {t.success_min_ratio:g} "
+                f"late/early {ratio:.2f} is within {band:.3g}x of the {t.success_min_ratio:g} "
                 "threshold" + (f" ({busy})" if busy else "")
             )
     if c.verdict is Verdict.SLOWDOWN and result:
@@ -295,6 +301,16 @@ def thin_reasons(
     if c.verdict is Verdict.HANG and busy:
         reasons.append(f"a stall on a loaded machine ({busy})")
     return reasons
+
+
+def thin_band(m: dict[str, Any], busy: str, t: Thresholds = DEFAULT_THRESHOLDS) -> float:
+    """How far from the threshold a ratio must be to stand: wider for a noisy loop."""
+    if busy:
+        return t.loaded_band
+    cv = m.get("rate_cv")
+    if cv is None:
+        return t.thin_band
+    return min(t.loaded_band, max(t.thin_floor, 1 + t.thin_cv_factor * cv))
 
 
 def _last_second_rate(result: dict[str, Any]) -> float | None:
