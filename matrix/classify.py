@@ -6,6 +6,7 @@ sees is what the code does.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -70,8 +71,9 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
             "slowdown",
             f"the loop kept progressing but its late rate (from the knee to the end; "
             f"without a known port range, the last {t.late_fraction:.0%} of the time) fell "
-            f"below {t.success_min_ratio:g}x its early rate (first {t.early_fraction:.0%} of "
-            "the iterations); past the knee, a loop below a tenth of its rate before the "
+            f"below {t.success_min_ratio:g}x its early rate (the median 1-second rate before "
+            f"the knee; without one, over the first {t.early_fraction:.0%} of the "
+            "iterations); past the knee, a loop below a tenth of its rate before the "
             "knee for collapse_s is stopped there, the crawl being clear",
         ),
         (
@@ -204,23 +206,48 @@ def _short_of_goal(result: dict[str, Any], m: dict[str, Any]) -> str:
 
 
 def rates(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    """Early rate over the first iterations; late rate from the knee to the end (where
-    2B's ports run out), or over the last stretch of time when there is no knee."""
+    """The rate before the knee against the rate after it (where 2B's ports run out).
+
+    Before: the median of the 1-second rates up to the knee, so a guest starved for a
+    few seconds (a VM booting beside it) does not set the scale; without a knee, or with
+    too few seconds before it, the rate over the first iterations. After: from the knee
+    to the end, or over the last stretch of time when there is no knee.
+    """
     pts = _points(result)
     none = {"early_rate": None, "late_rate": None, "rate_ratio": None, "knee_t": None}
     if len(pts) < 2 or pts[-1][1] <= 0 or pts[-1][0] <= 0:
         return none
     total_t, total_i = pts[-1]
-    n_early = max(1.0, t.early_fraction * total_i)
-    t_early = _time_at(pts, n_early)
-    early = n_early / t_early if t_early > 0 else None
     knee_t = knee_time(result)
+    before = second_rates(result, knee_t) if knee_t is not None else []
+    if len(before) >= 3:
+        early: float | None = statistics.median(before)
+    else:
+        n_early = max(1.0, t.early_fraction * total_i)
+        t_early = _time_at(pts, n_early)
+        early = n_early / t_early if t_early > 0 else None
     t_late = knee_t if knee_t is not None else total_t * (1 - t.late_fraction)
     if total_t - t_late <= 0:
         return dict(none, early_rate=early, knee_t=knee_t)
     late = (total_i - _iterations_at(pts, t_late)) / (total_t - t_late)
     ratio = late / early if early else None
     return {"early_rate": early, "late_rate": late, "rate_ratio": ratio, "knee_t": knee_t}
+
+
+def second_rates(result: dict[str, Any], end: float | None, span_s: float = 1.0) -> list:
+    """Connections/s over consecutive `span_s` windows of the series, up to `end`."""
+    series = result.get("series") or []
+    if end is None:
+        end = series[-1]["t"] if series else 0.0
+    rates, last = [], None
+    for s in series:
+        if s["t"] > end:
+            break
+        if last is None or s["t"] - last["t"] >= span_s:
+            if last is not None:
+                rates.append((s["iterations"] - last["iterations"]) / (s["t"] - last["t"]))
+            last = s
+    return rates
 
 
 def load_figures(result: dict[str, Any]) -> dict[str, Any]:
@@ -237,20 +264,10 @@ def load_figures(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rate_cv(result: dict[str, Any], span_s: float = 1.0) -> float | None:
+def rate_cv(result: dict[str, Any]) -> float | None:
     """std/mean of 1-second rates before the knee (or over the whole run without one):
     a steady loop on a quiet machine stays within a few percent."""
-    series = result.get("series") or []
-    knee_t = knee_time(result)
-    end = knee_t if knee_t is not None else (series[-1]["t"] if series else 0.0)
-    rates, last = [], None
-    for s in series:
-        if s["t"] > end:
-            break
-        if last is None or s["t"] - last["t"] >= span_s:
-            if last is not None:
-                rates.append((s["iterations"] - last["iterations"]) / (s["t"] - last["t"]))
-            last = s
+    rates = second_rates(result, knee_time(result))
     if len(rates) < 3:
         return None
     mean = sum(rates) / len(rates)
