@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from matrix import apt_sources
+from matrix import apt_sources, archive_trust
 from matrix.apt_sources import DebFile, SuiteIndex
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, HostSource, KernelSpec, PathSource, ResolvedKernel
@@ -161,8 +161,10 @@ class Catalog:
         self._mirror, self._security = mirror, security_mirror
         self._mirrors: apt_sources.Mirrors | None = None
         self.progress = progress
-        self.keyrings = tuple(keyrings) if keyrings is not None else apt_sources.trusted_keyrings()
-        self.allow_unverified = apt_sources.unverified_allowed(allow_unverified)
+        self.keyrings = (
+            tuple(keyrings) if keyrings is not None else archive_trust.trusted_keyrings()
+        )
+        self.allow_unverified = archive_trust.unverified_allowed(allow_unverified)
         self._indexes: dict[tuple[str, str], SuiteIndex | None] = {}
 
     @property
@@ -310,7 +312,7 @@ class Catalog:
 
     def _release(
         self, spec: KernelSpec, base: str, suite: str, folder: Path
-    ) -> apt_sources.Signature:
+    ) -> archive_trust.Signature:
         """Fetch InRelease, and keep it only if it verifies and names `suite`.
 
         An unsigned `Release` is looked at only when unverified indexes are allowed.
@@ -336,20 +338,20 @@ class Catalog:
             return release
         raise _NotFound(f"{base}/dists/{suite}")
 
-    def _trusted(self, kernel: str, url: str, path: Path, suite: str) -> apt_sources.Signature:
+    def _trusted(self, kernel: str, url: str, path: Path, suite: str) -> archive_trust.Signature:
         """The verified Release text, or a CatalogError saying why the index is refused."""
         where = f"kernel {kernel}: {url}"
-        release = apt_sources.verify_signature(path, self.keyrings, where)
+        release = archive_trust.verify_signature(path, self.keyrings, where)
         if not release.verified:
             if not self.allow_unverified:
                 keys = " + ".join(str(k) for k in self.keyrings)
                 raise CatalogError(
                     f"{where}: {release.note}; refusing an index not verified against {keys} "
                     "(to use it anyway, at your own risk, set allow_unverified = true in "
-                    f"[settings] of kernels.toml or ${apt_sources.ALLOW_UNVERIFIED_ENV}=1)"
+                    f"[settings] of kernels.toml or ${archive_trust.ALLOW_UNVERIFIED_ENV}=1)"
                 )
             release = replace(release, note=f"{release.note}; used as allow_unverified is on")
-        apt_sources.check_suite(release.body, suite, where)
+        archive_trust.check_suite(release.body, suite, where)
         return release
 
     def _download(self, kernel: str, url: str, dest: Path, sha256: str, size: int) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from matrix import (
     __version__,
     accel,
-    apt_sources,
+    archive_trust,
     exports,
     plan,
     procs,
@@ -89,7 +89,7 @@ def manifest(run_dir: Path, config: Config, argv: list[str]) -> dict[str, Any]:
         "python": platform.python_version(),
         "qemu_version": qemu_version(),
         "config_path": str(config.path),
-        "allow_unverified": apt_sources.unverified_allowed(config.settings.allow_unverified),
+        "allow_unverified": archive_trust.unverified_allowed(config.settings.allow_unverified),
         "guest_user": config.settings.guest_user or "",
         "interrupted": False,
     }

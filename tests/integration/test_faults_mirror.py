@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from matrix import apt_sources, config, job, report, results
+from matrix import archive_trust, config, job, report, results
 from matrix.catalog import Catalog, Progress, _find_kernel
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, KernelSpec
@@ -154,7 +154,7 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(autouse=True)
 def no_escape_hatch(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(apt_sources.ALLOW_UNVERIFIED_ENV, raising=False)
+    monkeypatch.delenv(archive_trust.ALLOW_UNVERIFIED_ENV, raising=False)
 
 
 def catalog(
@@ -211,7 +211,7 @@ def test_unverified_index_is_refused(mirror: Server, tmp_path: Path, suite: str,
     assert err.value.exit_code == 4
     assert f"kernel nope: {mirror.url}/debian/dists/{suite}/InRelease: " in text
     assert why in text and "refusing an index not verified" in text
-    assert "allow_unverified = true" in text and apt_sources.ALLOW_UNVERIFIED_ENV in text
+    assert "allow_unverified = true" in text and archive_trust.ALLOW_UNVERIFIED_ENV in text
     assert not (cache / "resolutions").exists()
     assert list(cache.glob(f"indexes/*/{suite}/*")) == []
 
@@ -253,7 +253,7 @@ def test_allow_unverified_is_the_way_round_and_is_recorded(mirror: Server, tmp_p
 def test_env_allows_unverified(
     mirror: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(apt_sources.ALLOW_UNVERIFIED_ENV, "1")
+    monkeypatch.setenv(archive_trust.ALLOW_UNVERIFIED_ENV, "1")
     assert catalog(mirror, tmp_path / "cache").fetch(spec("unsigned")).release == REL
 
 
@@ -405,7 +405,7 @@ def test_cli_fails_closed_and_the_setting_opens_it(mirror: Server, tmp_path: Pat
         write_config(tmp_path, mirror, "unsigned"),
         "kernels",
         "fetch",
-        env={apt_sources.ALLOW_UNVERIFIED_ENV: "1"},
+        env={archive_trust.ALLOW_UNVERIFIED_ENV: "1"},
     )
     assert by_env.returncode == 0, by_env.stderr
     shutil.rmtree(tmp_path / "cache")

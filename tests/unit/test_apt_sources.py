@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix import apt_sources
+from matrix import apt_sources, archive_trust
 from matrix.apt_sources import AptSource, Mirrors, find_mirrors
 from matrix.errors import CatalogError
 
@@ -161,7 +161,7 @@ def test_release_body_undoes_clearsign_dash_escaping() -> None:
 def test_unsigned_inrelease_is_not_verified(tmp_path: Path) -> None:
     path = tmp_path / "InRelease"
     path.write_text("Origin: Debian\n")
-    sig = apt_sources.verify_signature(path)
+    sig = archive_trust.verify_signature(path)
     assert (sig.verified, sig.note, sig.body) == (
         False,
         "InRelease is not signed",
@@ -177,7 +177,7 @@ def test_text_after_the_signature_is_refused(tmp_path: Path) -> None:
         "SHA256:\n " + "0" * 64 + " 1 main/binary-amd64/Packages.xz\n"
     )
     with pytest.raises(CatalogError, match="malformed InRelease"):
-        apt_sources.verify_signature(path, where="http://mirror.invalid/debian/dists/x/InRelease")
+        archive_trust.verify_signature(path, where="http://mirror.invalid/debian/dists/x/InRelease")
 
 
 def _fake_gpgv(
@@ -212,7 +212,7 @@ def test_gpgv_exit_status_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ring = tmp_path / "ring.gpg"
     ring.write_bytes(b"")
     with pytest.raises(CatalogError, match="bad signature"):
-        apt_sources.verify_signature(_signed(tmp_path), [ring])
+        archive_trust.verify_signature(_signed(tmp_path), [ring])
 
 
 def test_only_status_lines_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +221,7 @@ def test_only_status_lines_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ring.write_bytes(b"")
     status = "[GNUPG:] EXPKEYSIG 1234 k\n[GNUPG:] VALIDSIG AB\n"
     _fake_gpgv(tmp_path, monkeypatch, status, 0, stderr="[GNUPG:] GOODSIG 1234 k\n")
-    sig = apt_sources.verify_signature(_signed(tmp_path), [ring])
+    sig = archive_trust.verify_signature(_signed(tmp_path), [ring])
     assert sig.verified is False and "expired key" in sig.note
 
 
@@ -229,18 +229,18 @@ def test_good_status_and_exit_zero_verify(tmp_path: Path, monkeypatch: pytest.Mo
     ring = tmp_path / "ring.gpg"
     ring.write_bytes(b"")
     _fake_gpgv(tmp_path, monkeypatch, "[GNUPG:] GOODSIG 1234 k\n[GNUPG:] VALIDSIG AB\n", 0)
-    sig = apt_sources.verify_signature(_signed(tmp_path), [ring])
+    sig = archive_trust.verify_signature(_signed(tmp_path), [ring])
     assert (sig.verified, sig.body) == (True, "Origin: Debian\n")
 
 
 def test_suite_and_codename_must_match() -> None:
     body = "Origin: Debian\nSuite: oldstable\nCodename: bookworm\n"
-    apt_sources.check_suite(body, "bookworm", "x")
-    apt_sources.check_suite(body, "oldstable", "x")
+    archive_trust.check_suite(body, "bookworm", "x")
+    archive_trust.check_suite(body, "oldstable", "x")
     with pytest.raises(
         CatalogError, match=r"u/InRelease: index is for Suite 'oldstable'.*'trixie'"
     ):
-        apt_sources.check_suite(body, "trixie", "u/InRelease")
+        archive_trust.check_suite(body, "trixie", "u/InRelease")
 
 
 @pytest.mark.parametrize(
@@ -284,7 +284,7 @@ def test_policy_fields_pass() -> None:
 
 
 @pytest.mark.skipif(
-    shutil.which("gpgv") is None or not apt_sources.KEYRING.is_file(),
+    shutil.which("gpgv") is None or not archive_trust.KEYRING.is_file(),
     reason="needs gpgv and the Debian archive keyring",
 )
 def test_garbage_signature_is_refused(tmp_path: Path) -> None:
@@ -294,7 +294,7 @@ def test_garbage_signature_is_refused(tmp_path: Path) -> None:
         "-----BEGIN PGP SIGNATURE-----\n\nAAAA\n-----END PGP SIGNATURE-----\n"
     )
     with pytest.raises(CatalogError, match="bad signature"):
-        apt_sources.verify_signature(path)
+        archive_trust.verify_signature(path)
 
 
 def test_packages_filters_by_name() -> None:
