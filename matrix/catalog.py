@@ -23,10 +23,6 @@ import http.client
 import json
 import os
 import re
-import shutil
-import stat
-import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from matrix import apt_sources, archive_trust
+from matrix import apt_sources, archive_trust, debtree
 from matrix.apt_sources import DebFile, SuiteIndex
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, HostSource, KernelSpec, PathSource, ResolvedKernel
@@ -260,10 +256,10 @@ class Catalog:
     def _kernel_dir(self, resolution: Resolution) -> Path:
         """kernels/<package>_<version>, refused if it would be anything but a child of kernels/."""
         root = self.cache_dir / "kernels"
-        return _child(root, f"{resolution.package}_{resolution.version}", resolution.kernel)
+        return debtree.child(root, f"{resolution.package}_{resolution.version}", resolution.kernel)
 
     def _deb_path(self, kernel: str, deb: DebFile) -> Path:
-        return _child(self.cache_dir / "debs", deb.url.rsplit("/", 1)[-1], kernel)
+        return debtree.child(self.cache_dir / "debs", deb.url.rsplit("/", 1)[-1], kernel)
 
     def _suite_indexes(self, spec: KernelSpec, source: DebianSource) -> list[SuiteIndex]:
         mirrors = self.mirrors
@@ -438,34 +434,8 @@ class Catalog:
     def _extract(
         self, spec: KernelSpec, resolution: Resolution, debs: list[Path], final: Path
     ) -> tuple[Path, Path]:
-        """Unpack into a private (0700) temp dir next to `final`, check it, rename it in."""
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            for deb in debs:
-                proc = subprocess.run(
-                    ["dpkg-deb", "-x", str(deb), str(tmp)], capture_output=True, text=True
-                )
-                if proc.returncode:
-                    raise CatalogError(
-                        f"kernel {spec.name}: dpkg-deb -x {deb.name} failed: {proc.stderr.strip()}"
-                    )
-            if problem := _tree_problem(tmp):
-                names = " + ".join(d.package for d in resolution.debs)
-                raise CatalogError(f"kernel {spec.name}: {names}: {problem}; refusing it")
-            found = _find_kernel(tmp)
-            if found is None:
-                raise CatalogError(
-                    f"kernel {spec.name}: {' + '.join(d.package for d in resolution.debs)} "
-                    "holds no vmlinuz with a modules dir (a meta package? in sid/experimental "
-                    "the kernel is in linux-binary-*)"
-                )
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final / found[0].relative_to(tmp), final / found[1].relative_to(tmp)
+        what = f"kernel {spec.name}: {' + '.join(d.package for d in resolution.debs)}"
+        return debtree.extract(debs, final, what)
 
     def _installed(self, spec: KernelSpec, resolution: Resolution) -> ResolvedKernel | None:
         final = self._kernel_dir(resolution)
@@ -478,7 +448,9 @@ class Catalog:
         if meta.get("verified") is not True and not self.allow_unverified:
             return None
         vmlinuz, modules = final / meta["vmlinuz"], final / meta["modules_dir"]
-        if not (_within(vmlinuz, final) and _within(modules, final) and vmlinuz.is_file()):
+        if not (
+            debtree.within(vmlinuz, final) and debtree.within(modules, final) and vmlinuz.is_file()
+        ):
             return None
         return ResolvedKernel(
             spec,
@@ -496,7 +468,7 @@ class Catalog:
         modules = source.modules.expanduser().absolute() if source.modules else None
         if modules is not None and not modules.is_dir():
             raise CatalogError(f"kernel {spec.name}: modules dir {modules} does not exist")
-        release = modules.name if modules else bzimage_release(vmlinuz)
+        release = modules.name if modules else debtree.bzimage_release(vmlinuz)
         if not release:
             raise CatalogError(
                 f"kernel {spec.name}: cannot read a kernel release from "
@@ -515,64 +487,3 @@ def _provenance(indexes: list[SuiteIndex]) -> tuple[bool, str]:
     """Verified only if every index consulted was; the note of the first that was not."""
     doubtful = [i for i in indexes if not i.verified]
     return not doubtful, (doubtful or indexes)[0].note
-
-
-def _within(path: Path | str, root: Path | str) -> bool:
-    """Whether `path`, with every link followed, stays inside `root`."""
-    real, top = os.path.realpath(path), os.path.realpath(root)
-    return os.path.commonpath([real, top]) == top
-
-
-def _child(root: Path, name: str, kernel: str) -> Path:
-    """root/name, refused unless it is a direct child of `root` once links are followed."""
-    path = root / name
-    if path.parent != root or name == ".." or not _within(path, root):
-        raise CatalogError(
-            f"kernel {kernel}: cache path {str(path)!r} would lie outside {root}; refusing it"
-        )
-    return path
-
-
-def _tree_problem(root: Path) -> str:
-    """Why an extracted tree is unsafe to keep, or "": a link that is absolute or leads out
-    of the tree, or a device, FIFO or socket. Setuid/setgid bits are dropped on the way."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            rel = os.path.relpath(path, root)
-            if stat.S_ISLNK(mode):
-                target = os.readlink(path)
-                if os.path.isabs(target) or not _within(path, root):
-                    return f"{rel} is a link to {target!r}, outside the package"
-            elif stat.S_ISREG(mode):
-                if mode & (stat.S_ISUID | stat.S_ISGID):
-                    os.chmod(path, stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID))
-            elif not stat.S_ISDIR(mode):
-                return f"{rel} is a device, FIFO or socket"
-    return ""
-
-
-def _find_kernel(root: Path) -> tuple[Path, Path] | None:
-    """(vmlinuz, modules dir) in an extracted tree, for both the classic and split layouts;
-    nothing reached through a link that leads out of `root` counts."""
-    for modules_root in ("usr/lib/modules", "lib/modules"):
-        if not _within(root / modules_root, root):
-            continue
-        for modules in sorted((root / modules_root).glob("*")):
-            for vmlinuz in (modules / "vmlinuz", root / "boot" / f"vmlinuz-{modules.name}"):
-                inside = _within(modules, root) and _within(vmlinuz, root)
-                if inside and modules.is_dir() and vmlinuz.is_file():
-                    return vmlinuz, modules
-    return None
-
-
-def bzimage_release(vmlinuz: Path) -> str:
-    """The release string of an x86 bzImage (what `file` prints), or "" if not one."""
-    with vmlinuz.open("rb") as f:
-        head = f.read(0x210)
-        if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-            return ""
-        f.seek(int.from_bytes(head[0x20E:0x210], "little") + 0x200)
-        text = f.read(256).split(b"\0", 1)[0].decode("ascii", "replace")
-    return text.split(" ", 1)[0] if text else ""

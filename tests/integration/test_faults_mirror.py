@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from matrix import archive_trust, config, job, report, results
-from matrix.catalog import Catalog, Progress, _find_kernel
+from matrix.catalog import Catalog, Progress
+from matrix.debtree import find_kernel as _find_kernel
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, KernelSpec
 from tests.fixtures.debmirror import (

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from matrix import apt_sources
-from matrix.catalog import Catalog, bzimage_release
+from matrix.catalog import Catalog
+from matrix.debtree import bzimage_release
 from matrix.debversion import compare, sort_key
 from matrix.errors import CatalogError
 from matrix.model import DebianSource, HostSource, KernelSpec, PathSource
