@@ -241,13 +241,6 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
             src, f"{where}.knee_margin_s", t.get("knee_margin_s", lim.knee_margin_s), zero=True
         ),
     )
-    if limits.knee_margin_s >= limits.window_s:
-        raise ConfigError(
-            src,
-            f"{where}.knee_margin_s",
-            f"{limits.knee_margin_s:g}; expected less than window_s ({limits.window_s:g}), "
-            "which is only a safety limit on top of the goal past the knee",
-        )
     trials = _int(src, f"{where}.trials", t.get("trials", base.trials), 1)
     return Sweep(scen, sysctls, fixed, trials, limits, swept)
 
