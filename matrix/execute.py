@@ -85,8 +85,10 @@ def run_batches(
             """A batch, then each follow-up of its cells, one after the other."""
             done: list[tuple[Batch, BatchOutcome]] = []
             while b is not None and not stop.is_set():
-                done.append((b, one(b, f"{tag}+r{len(done) + 1}" if done else tag)))
-                b = follow_up(b, len(done) - 1) if follow_up else None
+                outcome = one(b, f"{tag}+r{len(done) + 1}" if done else tag)
+                done.append((b, outcome))
+                retry = follow_up and not outcome.failure  # a failed batch is news already
+                b = follow_up(b, len(done) - 1) if retry else None
                 if b is not None:
                     progress(b.kernel.spec.name, "remeasure", _remeasure_note(b))
             return done

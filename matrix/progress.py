@@ -132,7 +132,7 @@ class Display:
         line.append(" " + clean(key_figure(str(result.get("scenario", "")), c)))
         if wants_more(folded):
             thin = next((a.thin for a in reversed(folded.attempts) if a.thin), ())
-            line.append(" · measuring again: " + clean("; ".join(thin) or folded.confirmation))
+            line.append(" · thin margin: " + clean("; ".join(thin) or folded.confirmation))
         elif len(folded.attempts) > 1:
             line.append(f" · {folded.confirmation} over {len(folded.attempts)} attempts")
         self.progress.console.print(line)

@@ -97,9 +97,10 @@ def unclassifiable(cell_id: str, error: Exception) -> Folded:
 
 
 def batch_failure(batches: dict[str, dict[str, Any]], kernel: str) -> str:
-    """Why a kernel's cells may lack results: the failures of its batches, which are
-    `<kernel>` and its parts and re-measurements (`<kernel>+p2`, `<kernel>+r2`)."""
-    names = [n for n in batches if n == kernel or n.split("+", 1)[0] == kernel]
+    """Why a kernel's cells may lack a first measurement: the failures of the batches that
+    ran them, `<kernel>` and its parts (`<kernel>+p2`); re-measurements (`+r2`) do not count."""
+    parts = [n for n in batches if n.startswith(f"{kernel}+p")]
+    names = [n for n in [kernel, *sorted(parts)] if n in batches and "+r" not in n]
     failures = [batches[n].get("failure") for n in names]
     return "; ".join(dict.fromkeys(f for f in failures if f))
 

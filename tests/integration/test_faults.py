@@ -118,6 +118,8 @@ def run_in_process(cfg_path: Path, runner: Any, display: Display | None = None) 
     batches = plan.plan(kernels, cfg.sweep)
     run_dir = cfg_path.parent / "runs" / "run"
     job.start_run(run_dir, batches, cfg, ["kmatrix", "test"])
+    if display:
+        display.start(run_dir, batches, failures, set())
     progress = display.event if display else (lambda *a: None)
     job.execute(batches, lambda b: runner, run_dir, 1, progress, failures)
     job.finish_run(run_dir, False)
@@ -291,13 +293,15 @@ SIGNAL_SWEEP = """
 scenarios = ["1A", "2A", "2B"]
 window_s = 2
 iteration_cap = 1000000
+knee_margin = 100
+knee_margin_s = 0.3
 stall_s = 2
 [sweep.sysctls]
 [sweep.fixed]
 "net.ipv4.ip_local_port_range" = "40000 40999"
 """
-"""A small port range: 2 s of 2A/2B under TCG get past half of it, so the cells are
-conclusive (not infra) and the resumed run can exit 0."""
+"""A small port range and a small goal past its knee: 2 s of 2A/2B under TCG get there,
+so the cells are conclusive (not infra) and the resumed run can exit 0."""
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, proc: subprocess.Popen) -> None:

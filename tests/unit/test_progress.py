@@ -46,11 +46,11 @@ def test_the_last_line_shown_for_a_cell_is_the_tables_verdict(tmp_path: Path) ->
         doc = dict(doc, cell_id=cell_id, scenario="2B")
         raw[cell_id] = doc
         last[cell_id.split(".")[0]] = _shown(display, out, "host", doc)
-    assert "measuring again" in _shown(display, out, "host", dict(raw[a], cell_id="x"))
+    assert "thin margin" in _shown(display, out, "host", dict(raw[a], cell_id="x"))
     rows = build_rows(to_doc(batches, ()), raw, {})
     for row in rows:
         words = last[row["cell_id"]].split()
         assert row["verdict"] in words, (row["verdict"], last[row["cell_id"]])
-        assert "measuring again" not in last[row["cell_id"]]
+        assert "thin margin" not in last[row["cell_id"]]
     assert [r["confirmation"] for r in rows] == ["majority", "confirmed", "single-shot"]
     assert [r["attempts"] for r in rows] == [3, 3, 1]
