@@ -20,6 +20,7 @@ import json
 import math
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -168,26 +169,24 @@ def lexists(path: Path) -> bool:
     return True
 
 
-def _read_fd(fd: int, offset: int, limit: int) -> bytes:
-    parts: list[bytes] = []
-    got = 0
-    while got < limit:
-        chunk = os.pread(fd, min(_CHUNK, limit - got), offset + got)
+def _chunks(fd: int, offset: int, limit: int) -> Iterator[bytes]:
+    """At most `limit` bytes of `fd` from `offset`, a chunk at a time, until its end."""
+    done = 0
+    while done < limit:
+        chunk = os.pread(fd, min(_CHUNK, limit - done), offset + done)
         if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+            return
+        yield chunk
+        done += len(chunk)
+
+
+def _read_fd(fd: int, offset: int, limit: int) -> bytes:
+    return b"".join(_chunks(fd, offset, limit))
 
 
 def _copy_fd(src: int, dest: BinaryIO, offset: int, limit: int) -> None:
-    done = 0
-    while done < limit:
-        chunk = os.pread(src, min(_CHUNK, limit - done), offset + done)
-        if not chunk:
-            return
+    for chunk in _chunks(src, offset, limit):
         dest.write(chunk)
-        done += len(chunk)
 
 
 def _no_constant(name: str) -> Any:

@@ -168,14 +168,12 @@ def follow_up(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> FollowUp:
     """After a batch: its cells whose verdict is not settled, as one more batch of that
     kernel; at most `t.remeasure_max` of them in a row, even when a re-measurement
     itself brings nothing back."""
-    lock = threading.Lock()
 
     def next_batch(done: Batch, given: int) -> Batch | None:
         if given >= t.remeasure_max:
             return None
         planned = Batch(done.kernel, tuple(replace(c, attempt=1) for c in done.cells))
-        with lock:
-            again = remeasure.next_round([planned], rundir.cell_results(run_dir), t)
+        again = remeasure.next_round([planned], rundir.cell_results(run_dir), t)
         return again[0] if again else None
 
     return next_batch
