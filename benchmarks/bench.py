@@ -33,9 +33,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from matrix import config, procs  # noqa: E402
-from matrix.catalog import Catalog  # noqa: E402
+from matrix.kernels.catalog import Catalog  # noqa: E402
 from matrix.model import Batch, Cell, Limits, ResolvedKernel  # noqa: E402
+from matrix.plan import config  # noqa: E402
+from matrix.run import procs  # noqa: E402
 from matrix.runners.vng import VngRunner, find_tool, stage_kernel, vng_env  # noqa: E402
 
 Row = tuple[str, str, str, bool | None]
@@ -235,8 +236,8 @@ def _result(cell: dict[str, Any], i: int) -> dict[str, Any]:
 
 def render_rows(tmp: Path, n_cells: int) -> list[Row]:
     """Load (classify) and render a synthetic run, timed separately."""
-    from matrix.report import render_report
-    from matrix.results import load_run
+    from matrix.report.render import render_report
+    from matrix.results.table import load_run
 
     run = synthetic_run(tmp, n_cells)
     started = time.monotonic()

@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from matrix import procs  # noqa: E402
+from matrix.run import procs  # noqa: E402
 
 NICE = {"low": 19, "same": 0}
 LOAD_EVERY_S = 2.0

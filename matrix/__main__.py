@@ -1,5 +1,5 @@
 """`python -m matrix` is `kmatrix`."""
 
-from matrix.cli import main
+from matrix.cli.main import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ from typing import Any
 
 
 class Verdict(StrEnum):
-    """What a cell did. The rules that pick one live in `matrix.classify`."""
+    """What a cell did. The rules that pick one live in `matrix.classify.rules`."""
 
     SUCCESS = "success"
     SLOWDOWN = "slowdown"
@@ -122,7 +122,7 @@ class Cell:
     kernel_identity: str = ""
     attempt: int = 1
     """1 for the planned measurement; 2, 3... for automatic re-measurements of a cell
-    whose verdict rested on a thin margin (see `matrix.remeasure`)."""
+    whose verdict rested on a thin margin (see `matrix.classify.remeasure`)."""
 
     @property
     def base_id(self) -> str:

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from matrix import guest_files, guest_result
+from matrix.collect import guest_files, guest_result
 from matrix.model import Batch, Limits
 from matrix.runners import OnResult
 

@@ -15,9 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-from matrix import procs, sanitize
+from matrix.collect import sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome
+from matrix.run import procs
 from matrix.runners import OnResult
 from matrix.runners.agent_io import ResultCollector, agent_argv, batch_budget_s, prepare
 

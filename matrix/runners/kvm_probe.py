@@ -1,5 +1,5 @@
 """One KVM probe boot: the kernel under `-accel kvm` with its own short deadline, which
-answers whether KVM really runs a stock kernel here (see `matrix.accel`, which decides
+answers whether KVM really runs a stock kernel here (see `matrix.runners.accel`, which decides
 when to probe and caches the answer). A probe that cannot tell (no image, QEMU never
 started, stopped) says so, and is never cached.
 """
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from matrix import procs
 from matrix.model import ResolvedKernel
+from matrix.run import procs
 from matrix.runners.vng_cmd import is_bzimage, stage_kernel, vng_argv, vng_env
 
 FAILURE_SIGNS = ("KVM: emulation failure", "failed to set MSR", "kvm run failed")

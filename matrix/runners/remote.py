@@ -4,7 +4,7 @@ Each batch gets a fresh private directory on the host (see `ssh.PRIVATE_WORKDIR`
 ~/.cache/kmatrix-remote/runs/<run-id>-<batch>-XXXXXXXX of the SSH user, 0700) holding
 the `matrix` package and the collectors (shipped whole, a few hundred KB). A host-kernel
 batch runs the agent there on the host's own kernel (its release is then the host's);
-a VM batch runs `python3 -m matrix.remote_batch`, i.e. the vng runner over there, with
+a VM batch runs `python3 -m matrix.runners.remote_batch`, i.e. the vng runner over there, with
 the kernel copied once into ~/.cache/kmatrix-remote/kernels and reused only while its
 SHA256 matches ours. Either runs under `ssh.GUARD`, so a dropped connection stops it.
 Results are pulled back over SFTP every `poll_s` as the agent writes them, so a host
@@ -25,10 +25,12 @@ from typing import Any
 
 from fabric import Connection
 
-from matrix import guest_files, guest_result, plan, sanitize
+from matrix.collect import guest_files, guest_result, sanitize
 from matrix.errors import HostLost, PrerequisiteError
-from matrix.hosts import HostSpec
 from matrix.model import Batch, BatchOutcome, ResolvedKernel
+from matrix.plan import cells as plan
+from matrix.plan.hosts import HostSpec
+from matrix.run.schedule import Machine
 from matrix.runners import OnResult
 from matrix.runners.agent_io import batch_budget_s
 from matrix.runners.ssh import (
@@ -47,7 +49,6 @@ from matrix.runners.ssh import (
     stream_tree,
 )
 from matrix.runners.vng import TOOLS, batch_deadline_s
-from matrix.schedule import Machine
 
 q = shlex.quote
 
@@ -161,7 +162,7 @@ class RemoteRunner:
         channel closes); its output goes to run.log there."""
         py = self.host.python
         if vm:
-            cwd, argv = f"{base}/pkg", [py, "-m", "matrix.remote_batch", base]
+            cwd, argv = f"{base}/pkg", [py, "-m", "matrix.runners.remote_batch", base]
         else:
             agent = f"{base}/pkg/matrix/collectors/agent.py"
             cwd, argv = base, [py, agent, "--cells", "cells.json", "--out", "out"]

@@ -28,7 +28,7 @@ from fabric import Connection
 from invoke.exceptions import CommandTimedOut
 
 from matrix.errors import HostLost, PrerequisiteError
-from matrix.hosts import HostSpec
+from matrix.plan.hosts import HostSpec
 
 LINK_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
 REMOTE_ROOT = "~/.cache/kmatrix-remote"

@@ -30,7 +30,7 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
   guest reads the host only as NAME could (see `matrix.runners.guest_user`).
 - `--exec` travels base64-encoded on the kernel command line (2 KiB on x86), so it
   stays short: the cell list is a file.
-- vng has no timeout and QEMU outlives vng when killed alone: see `matrix.procs`.
+- vng has no timeout and QEMU outlives vng when killed alone: see `matrix.run.procs`.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from matrix import accel as accel_mod
-from matrix import guest_files, procs, sanitize
+from matrix.collect import guest_files, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
+from matrix.run import procs
 from matrix.runners import OnResult
+from matrix.runners import accel as accel_mod
 from matrix.runners.agent_io import (
     ResultCollector,
     agent_argv,
@@ -156,7 +157,7 @@ class VngRunner:
         self.accel_choices: dict[str, tuple[str, str]] = {}
         """Kernel release -> (accelerator, why), for the run's manifest."""
         self.accel_decision: accel_mod.Decision | None = None
-        """With "auto": the machine's answer (see `matrix.accel.decide`), for the manifest."""
+        """With "auto": the machine's answer (`matrix.runners.accel.decide`), for the manifest."""
 
     def check(self) -> None:
         """Name every missing tool and the package that provides it, all at once."""

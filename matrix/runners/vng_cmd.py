@@ -1,6 +1,6 @@
 """The virtme-ng command line: where vng is, how a kernel is laid out for it, and the
 flags every boot needs (see `matrix.runners.vng` for why each one). Shared by the vng
-runner and the KVM probe (`matrix.accel`), which boot the same way.
+runner and the KVM probe (`matrix.runners.accel`), which boot the same way.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from matrix import procs
 from matrix.errors import PrerequisiteError
 from matrix.model import ResolvedKernel
+from matrix.run import procs
 
 GUEST_HIDDEN = ("/proc", "/sys", "/dev", "/run")
 

@@ -19,8 +19,11 @@ from typing import Any
 
 import pytest
 
-from matrix import accel, config, job, plan, procs, rundir
-from matrix.catalog import Catalog
+from matrix.kernels.catalog import Catalog
+from matrix.plan import cells as plan
+from matrix.plan import config
+from matrix.run import job, procs, rundir
+from matrix.runners import accel
 from matrix.runners.vng import VngRunner, find_tool
 from tests.fixtures.kernels import fetch_61
 
@@ -36,7 +39,7 @@ pytestmark = [
 DECIDE = """
 import json, sys, time
 started = time.monotonic()
-from matrix import accel
+from matrix.runners import accel
 from matrix.model import KernelSpec, PathSource, ResolvedKernel
 image, mods, release = sys.argv[1:4]
 kernel = ResolvedKernel(KernelSpec("6.1", PathSource(image, mods)), release, image, mods)

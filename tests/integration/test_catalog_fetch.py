@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix import apt_sources
-from matrix.catalog import Catalog
-from matrix.debtree import bzimage_release
 from matrix.errors import CatalogError
+from matrix.kernels import apt_sources
+from matrix.kernels.catalog import Catalog
+from matrix.kernels.debtree import bzimage_release
 from matrix.model import DebianSource, KernelSpec
 
 pytestmark = pytest.mark.integration

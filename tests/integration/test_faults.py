@@ -29,10 +29,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from matrix import config, job, plan, procs
-from matrix.catalog import Catalog
+from matrix.kernels.catalog import Catalog
 from matrix.model import Batch, Cell, KernelSpec, Limits, PathSource, ResolvedKernel
-from matrix.progress import Display
+from matrix.plan import cells as plan
+from matrix.plan import config
+from matrix.run import job, procs
+from matrix.run.progress import Display
 from matrix.runners.host import HostRunner
 from matrix.runners.vng import VngRunner, find_tool
 from tests.fixtures.debmirror import Handler, Server, build_tree, serve

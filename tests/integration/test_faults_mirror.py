@@ -20,11 +20,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from matrix import archive_trust, config, job, report, results
-from matrix.catalog import Catalog, Progress
-from matrix.debtree import find_kernel as _find_kernel
 from matrix.errors import CatalogError
+from matrix.kernels import archive_trust
+from matrix.kernels.catalog import Catalog, Progress
+from matrix.kernels.debtree import find_kernel as _find_kernel
 from matrix.model import DebianSource, KernelSpec
+from matrix.plan import config
+from matrix.report import render as report
+from matrix.results import table as results
+from matrix.run import job
 from tests.fixtures.debmirror import (
     PAD,
     Server,

@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from matrix.hosts import HostSpec
 from matrix.model import KernelSpec, PathSource, ResolvedKernel
+from matrix.plan.hosts import HostSpec
 from matrix.runners.ssh import connect
 from tests.fixtures import sshd
 from tests.fixtures.kernels import fetch_61

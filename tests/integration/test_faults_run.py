@@ -25,9 +25,10 @@ import pytest
 from markupsafe import escape
 from rich.console import Console
 
-from matrix import factory, procs, results
-from matrix.progress import Display
-from matrix.report import render_report
+from matrix.report.render import render_report
+from matrix.results import table as results
+from matrix.run import factory, procs
+from matrix.run.progress import Display
 from matrix.runners.host import HostRunner
 from tests.fixtures.kernels import fetch_61
 from tests.fixtures.sshd import descendants
@@ -52,7 +53,9 @@ HARNESS = """
 import os, sys, time
 from datetime import datetime
 from pathlib import Path
-from matrix import cli, job, rundir
+from matrix.cli import main as cli
+from matrix.run import job
+from matrix.run import rundir
 from matrix.runners import agent_io
 
 if os.environ.get("FROZEN_NOW"):
@@ -185,7 +188,7 @@ time.sleep(3600)
 
 
 def guardians_of(pid: int) -> list[int]:
-    return [p for p in descendants(pid) if "matrix.procs import guard" in procs._cmdline(p)]
+    return [p for p in descendants(pid) if "matrix.run.procs import guard" in procs._cmdline(p)]
 
 
 def alive(pid: int) -> bool:

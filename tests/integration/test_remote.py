@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix.hosts import HostSpec
+from matrix.plan.hosts import HostSpec
 from matrix.runners.ssh import connect, sh
 from tests.fixtures import sshd
 

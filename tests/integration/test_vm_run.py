@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from matrix import procs
+from matrix.run import procs
 from matrix.runners.vng import find_tool
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from matrix import accel, config
-from matrix.catalog import Catalog
+from matrix.kernels.catalog import Catalog
 from matrix.model import Batch, Cell, DebianSource, KernelSpec, Limits, ResolvedKernel
+from matrix.plan import config
+from matrix.runners import accel
 from matrix.runners.vng import VngRunner, find_tool
 
 REPO = Path(__file__).resolve().parents[2]

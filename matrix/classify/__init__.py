@@ -1,0 +1,1 @@
+"""Classify: measurements -> verdicts, and folding re-measured attempts."""

@@ -1,0 +1,1 @@
+"""The command line: parse arguments and hand each subcommand to the pipeline."""

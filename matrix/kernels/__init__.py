@@ -1,0 +1,1 @@
+"""Kernels: the catalogue, Debian archive indexes, their verification and extraction."""

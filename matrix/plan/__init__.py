@@ -1,0 +1,1 @@
+"""Plan: configuration, kernels x scenarios x sysctls -> cells and batches."""

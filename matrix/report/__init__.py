@@ -1,0 +1,1 @@
+"""Report: static HTML pages for runs, diffs and searches."""

@@ -1,0 +1,1 @@
+"""Results: the run's table, its history across runs, and exports."""

@@ -1,0 +1,319 @@
+"""Raw collector results + the plan -> one tidy pandas table per run.
+
+The table is always rebuilt from what the run directory holds (plan, cell results,
+batch outcomes), so `report` and `results` work on an interrupted run as well as a
+finished one, and a change of thresholds re-classifies without re-measuring.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from matrix.classify.remeasure import Folded, attempts_of, fold
+from matrix.classify.rules import DEFAULT_THRESHOLDS, Thresholds, key_figure, remeasure_rule, rules
+from matrix.collect import guest_result
+from matrix.model import Classified, Verdict
+from matrix.plan.cells import sysctl_label
+from matrix.run import rundir
+
+METRIC_COLUMNS = (
+    "iterations",
+    "elapsed_s",
+    "early_rate",
+    "late_rate",
+    "rate_ratio",
+    "tw_max",
+    "lat_p50_us",
+    "lat_p99_us",
+    "error_name",
+    "error_iteration",
+    "bytes_queued",
+    "sends",
+    "last_send",
+    "sndbuf",
+    "sndbuf_before",
+    "outq",
+    "outq_nsd",
+    "evidence_state",
+    "evidence_wchan",
+    "stime_share",
+    "knee_t",
+    "host_load1",
+    "host_steal_share",
+    "vm_wait_share",
+    "guest_steal_share",
+    "rate_cv",
+)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything the report needs about one run."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    table: pd.DataFrame
+    details: dict[str, dict[str, Any]]
+
+
+def build_rows(
+    plan: dict[str, Any],
+    raw: dict[str, dict[str, Any]],
+    batches: dict[str, dict[str, Any]],
+    t: Thresholds = DEFAULT_THRESHOLDS,
+) -> list[dict[str, Any]]:
+    """One row per planned cell, in plan order; a cell with no result is infra. A cell
+    measured more than once shows the verdict folded over its attempts."""
+    kernels = {k["name"]: k for k in plan["kernels"]}
+    fixed = set(plan.get("fixed_sysctls", []))
+    raw = {cid: guest_result.vet(doc, cid) for cid, doc in raw.items()}
+    rows = []
+    for cell in plan["cells"]:
+        batch = batches.get(cell["kernel"], {})
+        failure = batch_failure(batches, cell["kernel"]) or "not run (run interrupted?)"
+        try:
+            folded = fold(cell["id"], attempts_of(cell["id"], raw), failure, t)
+            result = raw.get(folded.chosen_id)
+            row = _row(cell, kernels[cell["kernel"]], batch, result, folded.classified, fixed)
+        except Exception as e:  # noqa: BLE001 - one unreadable cell must not cost the table
+            folded = unclassifiable(cell["id"], e)
+            row = _row(cell, kernels[cell["kernel"]], batch, None, folded.classified, fixed)
+        rows.append(dict(row, **confirmation_columns(folded)))
+    return rows
+
+
+def unclassifiable(cell_id: str, error: Exception) -> Folded:
+    """An infra verdict for a result the classifier raised on, with the reason; the
+    results were vetted at intake (`guest_result`), so this is the last resort."""
+    why = f"result could not be classified ({type(error).__name__}: {str(error)[:200]})"
+    return Folded(Classified(Verdict.INFRA, why), cell_id, (), "single-shot", True)
+
+
+def batch_failure(batches: dict[str, dict[str, Any]], kernel: str) -> str:
+    """Why a kernel's cells may lack a first measurement: the failures of the batches that
+    ran them, `<kernel>` and its parts (`<kernel>+p2`); re-measurements (`+r2`) do not count."""
+    parts = [n for n in batches if n.startswith(f"{kernel}+p")]
+    names = [n for n in [kernel, *sorted(parts)] if n in batches and "+r" not in n]
+    failures = [batches[n].get("failure") for n in names]
+    return "; ".join(dict.fromkeys(f for f in failures if f))
+
+
+def confirmation_columns(folded: Folded) -> dict[str, Any]:
+    """How firmly a verdict stands: its attempts, their verdicts, and why it was re-measured."""
+    return {
+        "measured_id": folded.chosen_id,
+        "attempts": len(folded.attempts),
+        "attempt_verdicts": [a.classified.verdict.value for a in folded.attempts],
+        "confirmation": folded.confirmation,
+        "remeasured_because": folded.remeasured_because,
+    }
+
+
+def _row(
+    cell: dict[str, Any],
+    kernel: dict[str, Any],
+    batch: dict[str, Any],
+    result: dict[str, Any] | None,
+    c: Any,
+    fixed: set[str],
+) -> dict[str, Any]:
+    m = c.metrics
+    lat = m.get("latency_us") or {}
+    read_back = ((result or {}).get("sysctls") or {}).get("read_back") or {}
+    row = {
+        "cell_id": cell["id"],
+        "kernel": cell["kernel"],
+        "kernel_kind": kernel["kind"],
+        "kernel_release": (result or {}).get("kernel_release") or kernel.get("release", ""),
+        "scenario": cell["scenario"],
+        "trial": cell["trial"],
+        "sysctls": cell["sysctls"],
+        "sysctls_read": read_back,
+        "sysctl_label": sysctl_label(cell["sysctls"], fixed),
+        "verdict": c.verdict.value,
+        "reason": c.reason,
+        "key_figure": key_figure(cell["scenario"], c),
+        "runner": batch.get("runner", ""),
+        "accelerator": batch.get("accelerator", ""),
+        "host": (result or {}).get("run_host") or batch.get("host", ""),
+        "console_tail": batch.get("console_tail", "") if result is None else "",
+        "repro": repro_command(cell),
+    }
+    for col in METRIC_COLUMNS:
+        row[col] = m.get(col)
+    row["lat_p50_us"], row["lat_p99_us"] = lat.get("p50"), lat.get("p99")
+    row["sndbuf"] = m.get("sndbuf_after", m.get("sndbuf"))
+    return row
+
+
+def repro_command(cell: dict[str, Any]) -> str:
+    """The command that runs exactly this one cell again."""
+    parts = ["kmatrix", "run", "--kernels", cell["kernel"], "--scenarios", cell["scenario"]]
+    for k, v in cell["sysctls"].items():
+        parts += ["--sysctl", f"{k}={v}"]
+    parts += [
+        "--trials",
+        "1",
+        "--window",
+        f"{cell['window_s']:g}",
+        "--cap",
+        str(cell["iteration_cap"]),
+        "--stall",
+        f"{cell['stall_s']:g}",
+        "--collapse",
+        f"{cell.get('collapse_s', 0):g}",
+    ]
+    if "knee_margin" in cell:
+        parts += ["--knee-margin", str(cell["knee_margin"])]
+        parts += ["--knee-margin-s", f"{cell['knee_margin_s']:g}"]
+    return shlex.join(parts)
+
+
+def table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(rows)
+
+
+def records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain dicts, with pandas' NaN/NA/NaT turned into None for the templates."""
+    rows = table.to_dict("records")
+    for row in rows:
+        for key, value in row.items():
+            if not isinstance(value, dict | list | tuple | str) and pd.isna(value):
+                row[key] = None
+    return rows
+
+
+def write_table(run_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """results.jsonl: the table as JSON lines, readable without kmatrix."""
+    path = run_dir / "results.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(_jsonable(row), sort_keys=True, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def load_run(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> RunData:
+    """Read a run directory, classify every cell, and return the table and details."""
+    manifest = rundir.read_json(run_dir / "manifest.json")
+    plan = rundir.read_json(run_dir / "plan.json")
+    raw = rundir.cell_results(run_dir)
+    batches = rundir.batches(run_dir)
+    rows = build_rows(plan, raw, batches, t)
+    manifest = dict(
+        manifest,
+        kernels=kernel_summaries(plan, batches),
+        rules=[list(r) for r in rules(t)],
+        remeasure_rule=remeasure_rule(t),
+        thresholds=asdict(t),
+        cell_limits=cell_limits(plan),
+    )
+    details = {r["cell_id"]: raw[r["measured_id"]] for r in rows if r["measured_id"] in raw}
+    return RunData(run_dir, manifest, table(rows), details)
+
+
+LIMIT_KEYS = ("knee_margin", "knee_margin_s", "collapse_s", "stall_s", "window_s", "iteration_cap")
+
+
+def cell_limits(plan: dict[str, Any]) -> dict[str, Any]:
+    """The cells' stopping rules (their goal past the knee and the safety limits), as
+    the legend shows them next to the thresholds; a range when cells differ."""
+    out: dict[str, Any] = {}
+    cells = [c for c in plan.get("cells", []) if c.get("knee_margin") is not None]
+    for key in LIMIT_KEYS:
+        values = sorted({c[key] for c in cells if key in c})
+        if values:
+            out[f"cell {key}"] = values[0] if len(values) == 1 else f"{values[0]}-{values[-1]}"
+    return out
+
+
+def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -> list[dict]:
+    """Per kernel: what it is, and how its batch went (for the report's header)."""
+    out = []
+    for k in plan["kernels"]:
+        b = batches.get(k["name"], {})
+        out.append(
+            {
+                "name": k["name"],
+                "kind": k["kind"],
+                "release": k["release"],
+                "package_version": k.get("package_version", ""),
+                "accelerator": b.get("accelerator", ""),
+                "runner": b.get("runner", ""),
+                "host": b.get("host", ""),
+                "boot_s": b.get("boot_s"),
+                "failure": b.get("failure", ""),
+                "console_tail": b.get("console_tail", ""),
+                "host_sysctl_changed": [
+                    c
+                    for r in rundir.kernel_batches(batches, k["name"])
+                    for c in r.get("host_sysctl_changed") or []
+                ],
+            }
+        )
+    return out
+
+
+def json_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """`kmatrix results --json`: the row with `sysctls` as read back, one object per line."""
+    out = []
+    for row in rows:
+        doc = _jsonable(row)
+        doc["sysctls_requested"] = doc["sysctls"]
+        doc["sysctls"] = doc["sysctls_read"] or doc["sysctls"]
+        out.append(json.dumps(doc, sort_keys=True, allow_nan=False))
+    return out
+
+
+INT_COLUMNS = frozenset(
+    {
+        "trial",
+        "attempts",
+        "iterations",
+        "tw_max",
+        "error_iteration",
+        "bytes_queued",
+        "sends",
+        "last_send",
+        "sndbuf",
+        "sndbuf_before",
+        "outq",
+        "outq_nsd",
+    }
+)
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON: NaN and infinities -> null, at any depth (a rate over a tiny time can
+    overflow), and whole counts back to integers (pandas stores a column with gaps as
+    float)."""
+    out = {}
+    for k, v in row.items():
+        v = _finite(v)
+        if k in INT_COLUMNS and _is_count(v):
+            v = int(v)
+        out[k] = v
+    return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == int(value)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

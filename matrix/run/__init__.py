@@ -1,0 +1,1 @@
+"""Run: scheduling batches over machines, one attempt each, the run directory."""

@@ -1,0 +1,1 @@
+"""Search: threshold search over a sysctl and bisection over kernel versions."""

@@ -1,0 +1,95 @@
+"""Bad input gets one line naming what is wrong and a non-zero exit code, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from matrix.cli import main as cli
+from matrix.runners.host import HostRunner
+
+CONFIG = '[[kernel]]\nname = "host"\nsource = "host"\n'
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+def one_line_error(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("kmatrix: error: ")
+    return lines[0]
+
+
+def test_malformed_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text("[[kernel]\n")
+    code, err = run(["--config", str(cfg), "run"], capsys)
+    assert code == 2
+    assert str(cfg) in one_line_error(err) and "not valid TOML" in err
+
+
+def test_unknown_scenario_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    code, err = run(["--config", str(cfg), "run", "--scenarios", "2B,3C"], capsys)
+    assert code == 2
+    assert "unknown scenario '3C'" in one_line_error(err)
+
+
+def test_unknown_sysctl_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    code, err = run(["--config", str(cfg), "run", "--sysctl", "net.core.somaxconn=5"], capsys)
+    assert code == 2
+    assert "net.core.somaxconn" in one_line_error(err) and "per-namespace" in err
+
+
+def test_malformed_sysctl_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    code, err = run(["--config", str(cfg), "run", "--sysctl", "net.ipv4.tcp_tw_reuse"], capsys)
+    assert code == 2
+    assert "expected KEY=VALUE" in one_line_error(err)
+
+
+def test_unknown_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    code, err = run(["--config", str(cfg), "run", "--kernels", "4.19"], capsys)
+    assert code == 2
+    assert "kernel '4.19'" in one_line_error(err) and "known: host" in err
+
+
+def test_non_root_is_a_prerequisite_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(Exception, match="needs root") as e:
+        HostRunner().check()
+    assert e.value.exit_code == 3  # type: ignore[attr-defined]
+
+
+def test_unwritable_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = run(["--config", str(cfg), "run", "--out", str(blocker / "run")], capsys)
+    assert code == 2
+    assert "cannot write results there" in one_line_error(err)
+
+
+def test_results_of_a_directory_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = run(["results", str(tmp_path)], capsys)
+    assert code == 2
+    assert "manifest.json: not found" in one_line_error(err)

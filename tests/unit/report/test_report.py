@@ -1,0 +1,180 @@
+"""The HTML report: structure of the matrix, cell pages, and that guest text is defanged."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+import pytest
+
+from matrix.report import render as report
+from matrix.results.table import RunData
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "run_small"
+
+
+def load_fixture() -> RunData:
+    return RunData(
+        run_dir=FIXTURE,
+        manifest=json.loads((FIXTURE / "manifest.json").read_text()),
+        table=pd.read_json(FIXTURE / "table.jsonl", lines=True, dtype=False),
+        details=json.loads((FIXTURE / "details.json").read_text()),
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    return report.render_report(load_fixture(), out)
+
+
+def matrix_rows(html: str) -> list[str]:
+    body = html.split('id="matrix"', 1)[1].split("</table>", 1)[0]
+    return re.findall(r'<tr class="[^"]*" data-k="([^"]*)"', body)
+
+
+def test_matrix_has_a_row_per_kernel_in_version_order(rendered: Path) -> None:
+    rows = matrix_rows(rendered.read_text())
+    names = [r.split()[0] for r in rows]
+    assert names == ["bullseye", "bookworm", "custom", "backports", "host", "sid"]
+
+
+def test_host_row_is_marked(rendered: Path) -> None:
+    html = rendered.read_text()
+    assert re.search(r'<tr class="hostrow" data-k="host 6\.18', html)
+
+
+def test_cells_carry_verdict_classes_and_key_figures(rendered: Path) -> None:
+    html = rendered.read_text()
+    bullseye = html.split('data-k="bullseye', 1)[1].split("</tr>", 1)[0]
+    assert 'class="v error"' in bullseye and "13,000/s → 0/s" in bullseye
+    assert bullseye.count('class="v success"') == 2
+    sid = html.split('data-k="sid', 1)[1].split("</tr>", 1)[0]
+    assert sid.count('class="v infra"') == 3
+
+
+def test_differing_trials_fold_into_one_flaky_cell(rendered: Path) -> None:
+    html = rendered.read_text()
+    bookworm = html.split('data-k="bookworm', 1)[1].split("</tr>", 1)[0]
+    assert 'class="v hang flaky"' in bookworm
+    assert "#1 <b>hang</b>" in bookworm and "#2 <b>slowdown</b>" in bookworm
+    assert bookworm.count('<td class="c') == 4
+
+
+def test_puzzle1_ratio_and_legend(rendered: Path) -> None:
+    html = rendered.read_text()
+    assert "<b>0.664</b>" in html and "3,973,120" in html and "2,637,824" in html
+    assert "kept at least half its early rate to the end" in html
+    assert "success_ratio" in html and "QEMU emulator version 7.2.19" in html
+    assert "boot timeout after 300 s" in html and "<details>" in html
+
+
+def test_every_link_to_a_cell_page_exists(rendered: Path) -> None:
+    html = rendered.read_text()
+    links = set(re.findall(r'href="(cells/[^"]+)"', html))
+    assert len(links) == len(load_fixture().table)
+    for link in links:
+        assert (rendered.parent / link).is_file(), link
+
+
+def test_cell_page_has_plot_evidence_and_repro(rendered: Path) -> None:
+    page = (rendered.parent / "cells" / "bookworm-2B-buckets65535_reuse0-t1.html").read_text()
+    assert "<svg" in page and "<?xml" not in page
+    assert "__inet_hash_connect" in page and "TcpExtTW" in page
+    assert "kmatrix run --kernel bookworm --scenario 2B" in page
+
+
+def test_cell_page_flags_a_sysctl_that_did_not_take(rendered: Path) -> None:
+    page = (rendered.parent / "cells" / "backports-2A-defaults-t1.html").read_text()
+    assert '<tr class="problem">' in page and "did not take: wrote 1, read 2" in page
+
+
+HOSTILE = ("<script>alert", "<img src=x", "<b>bold", "<b>not syncing")
+
+
+def test_hostile_strings_are_escaped_and_cleaned_everywhere(rendered: Path) -> None:
+    pages = [rendered, *sorted((rendered.parent / "cells").glob("*.html"))]
+    seen_escaped = False
+    for page in pages:
+        html = page.read_text()
+        for raw in HOSTILE:
+            assert raw not in html, (page.name, raw)
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", html), page.name
+        seen_escaped |= "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert seen_escaped
+    assert "6.9.0-rc1&lt;b&gt;bold&lt;/b&gt;" in rendered.read_text()
+
+
+def test_clean_strips_terminal_escapes_and_control_characters() -> None:
+    assert report.clean("a\x1b[31mred\x1b[0m\x07b\r\n") == "aredb\n"
+    assert report.clean("\x1b]0;title\x07x\u202eevil") == "xevil"
+    assert report.clean(3) == 3
+
+
+def test_natural_sort_of_releases() -> None:
+    releases = ["6.12.48+deb12-amd64", "5.10.0-35-amd64", "6.1.0-40-amd64", "6.9.0"]
+    assert sorted(releases, key=report.natural_key) == [
+        "5.10.0-35-amd64",
+        "6.1.0-40-amd64",
+        "6.9.0",
+        "6.12.48+deb12-amd64",
+    ]
+
+
+def test_missing_manifest_field_raises(tmp_path: Path) -> None:
+    run = load_fixture()
+    manifest = {k: v for k, v in run.manifest.items() if k != "host_kernel"}
+    with pytest.raises(jinja2.UndefinedError):
+        report.render_report(replace(run, manifest=manifest), tmp_path)
+
+
+def test_many_cells_render_through_the_worker_pool(tmp_path: Path) -> None:
+    run = load_fixture()
+    p2 = run.table[run.table["scenario"].isin(["2A", "2B"]) & (run.table["verdict"] != "infra")]
+    copies = []
+    for i in range(4):
+        copy = p2.copy()
+        copy["cell_id"] = copy["cell_id"] + f"-x{i}"
+        copy["trial"] = copy["trial"] + 10 * (i + 1)
+        copies.append(copy)
+    table = pd.concat([run.table, *copies], ignore_index=True)
+    details = dict(run.details)
+    for copy in copies:
+        for cid in copy["cell_id"]:
+            details[cid] = run.details[cid.rsplit("-x", 1)[0]]
+    assert len(table) >= 64
+    index = report.render_report(replace(run, table=table, details=details), tmp_path)
+    assert len(list((tmp_path / "cells").glob("*.html"))) == len(table)
+    assert "<svg" in (tmp_path / "cells" / f"{copies[0]['cell_id'].iloc[0]}.html").read_text()
+    assert index.is_file()
+
+
+def test_interval_rates_skip_gaps_and_stalled_clocks() -> None:
+    from matrix.report.plots import interval_rates
+
+    series = [
+        {"t": 0, "iterations": 0},
+        {"t": 0, "iterations": 5},
+        {"t": 1, "iterations": None},
+        {"t": 2, "iterations": 25},
+        {"t": 2.5, "iterations": 25},
+    ]
+    assert interval_rates(series) == ([2.0, 2.5], [10.0, 0.0])
+
+
+def test_a_reused_plotter_rescales_to_each_cell() -> None:
+    from matrix.report.plots import RatePlotter
+
+    def series(rate: int, n: int = 10) -> list[dict]:
+        return [{"t": i * 0.5, "iterations": rate * i // 2, "tw": rate * i // 2} for i in range(n)]
+
+    plotter = RatePlotter()
+    plotter.svg(series(100))
+    plotter.svg(series(30000, n=40))
+    assert plotter._rate_ax.get_ylim()[1] >= 30000
+    assert plotter._tw_ax.get_ylim()[1] >= 30000 * 39 // 2
+    assert plotter._tw_ax.get_xlim()[1] >= 19.5
