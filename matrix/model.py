@@ -20,7 +20,11 @@ class Verdict(StrEnum):
     SUCCESS = "success"
     SLOWDOWN = "slowdown"
     HANG = "hang"
+    FAIL = "fail"
+    """The program said the behaviour is wrong (kselftest exit 1, LAVA/TAP fail)."""
     ERROR = "error"
+    SKIP = "skip"
+    """The program said it cannot test here (kselftest exit 4, LAVA/TAP skip)."""
     INFRA = "infra"
 
 
@@ -107,7 +111,38 @@ class Sweep:
     fixed: tuple[tuple[str, str], ...] = ()
     trials: int = 1
     limits: Limits = field(default_factory=Limits)
-    swept_scenarios: tuple[str, ...] = ("2A", "2B")
+    swept_scenarios: tuple[str, ...] | None = None
+    """Scenarios the sweep's `sysctls` replace their own sweep for; None: every scenario
+    whose manifest declares a sysctl sweep (the others run at their defaults)."""
+    params: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Parameter values laid over the manifests' defaults, for scenarios declaring them."""
+    baseline: str | None = None
+    """The kernel a baseline rule compares with, when the rule names none."""
+
+
+LIMIT_NAMES = (
+    "window_s",
+    "iteration_cap",
+    "stall_s",
+    "sample_s",
+    "collapse_s",
+    "knee_margin",
+    "knee_margin_s",
+)
+"""Limits a scenario's program may honour; each reaches it as KMATRIX_<NAME>."""
+
+
+@dataclass(frozen=True)
+class Program:
+    """How the agent runs a cell's scenario, resolved from its manifest at planning time:
+    the argv (relative paths resolved against `directory` by the agent), how the program
+    reports, its deadline, and which of the sweep's limits it honours."""
+
+    command: tuple[str, ...]
+    directory: str
+    result: str = "exit"
+    timeout_s: float = 60.0
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +158,24 @@ class Cell:
     attempt: int = 1
     """1 for the planned measurement; 2, 3... for automatic re-measurements of a cell
     whose verdict rested on a thin margin (see `matrix.classify.remeasure`)."""
+    params: tuple[tuple[str, str], ...] = ()
+    """The scenario's parameters for this cell (one value of each swept list)."""
+    program: Program | None = None
+    """What the agent runs; None only for cells built by hand before planning."""
+
+    @property
+    def honoured(self) -> tuple[str, ...]:
+        """The limits this cell's program honours (all of them for a hand-built cell)."""
+        return self.program.limits if self.program else LIMIT_NAMES
+
+    @property
+    def deadline_s(self) -> float:
+        """How long the agent lets the program run: the manifest's timeout_s, raised to
+        the window plus a stall for a program that measures for window_s."""
+        own = self.program.timeout_s if self.program else 0.0
+        if "window_s" in self.honoured:
+            return max(own, self.limits.window_s + self.limits.stall_s)
+        return own
 
     @property
     def base_id(self) -> str:
@@ -132,16 +185,10 @@ class Cell:
             "scenario": self.scenario,
             "sysctls": sorted(self.sysctls),
             "trial": self.trial,
-            "limits": [
-                self.limits.window_s,
-                self.limits.iteration_cap,
-                self.limits.stall_s,
-                self.limits.sample_s,
-                self.limits.collapse_s,
-                self.limits.knee_margin,
-                self.limits.knee_margin_s,
-            ],
+            "limits": [getattr(self.limits, k) for k in LIMIT_NAMES if k in self.honoured],
         }
+        if self.params:
+            key["params"] = sorted(self.params)
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -164,6 +211,18 @@ class Cell:
             "knee_margin": self.limits.knee_margin,
             "knee_margin_s": self.limits.knee_margin_s,
             "attempt": self.attempt,
+            "params": dict(self.params),
+            "env_limits": list(self.honoured),
+            "timeout_s": self.deadline_s,
+            **(
+                {
+                    "command": list(self.program.command),
+                    "scenario_dir": self.program.directory,
+                    "result": self.program.result,
+                }
+                if self.program
+                else {}
+            ),
         }
 
 

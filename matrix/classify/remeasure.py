@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from matrix.classify.rules import DEFAULT_THRESHOLDS, Thresholds, classify, thin_reasons
+from matrix.classify.rules import (
+    DEFAULT_THRESHOLDS,
+    Baseline,
+    Thresholds,
+    classify,
+    thin_reasons,
+)
 from matrix.model import Batch, Cell, Classified, Verdict
+from matrix.scenarios.catalogue import Catalogue
 
 ATTEMPT_SEP = ".a"
 
@@ -76,15 +83,17 @@ def fold(
     results: list[dict[str, Any]],
     failure: str = "",
     t: Thresholds = DEFAULT_THRESHOLDS,
+    scenarios: Catalogue | None = None,
+    baseline: Baseline | None = None,
 ) -> Folded:
     """The majority of the conclusive attempts decides; the latest of them is shown."""
     if not results:
         c = classify(None, failure, t)
         return Folded(c, base_id, (), "single-shot", True)
     attempts = tuple(
-        Attempt(attempt_id(base_id, n), c, tuple(thin_reasons(r, c, t)))
+        Attempt(attempt_id(base_id, n), c, tuple(thin_reasons(r, c, t, scenarios)))
         for n, r in enumerate(results, 1)
-        for c in [classify(r, failure, t)]
+        for c in [classify(r, failure, t, scenarios, baseline)]
     )
     conclusive = [a for a in attempts if a.conclusive]
     if not conclusive:
@@ -106,7 +115,10 @@ def wants_more(folded: Folded, t: Thresholds = DEFAULT_THRESHOLDS) -> bool:
 
 
 def next_round(
-    batches: list[Batch], raw: Mapping[str, dict[str, Any]], t: Thresholds = DEFAULT_THRESHOLDS
+    batches: list[Batch],
+    raw: Mapping[str, dict[str, Any]],
+    t: Thresholds = DEFAULT_THRESHOLDS,
+    scenarios: Catalogue | None = None,
 ) -> list[Batch]:
     """Per kernel, the next attempt of every planned cell whose verdict is not settled."""
     out = []
@@ -114,7 +126,7 @@ def next_round(
         cells: list[Cell] = []
         for c in b.cells:
             results = attempts_of(c.base_id, raw)
-            if wants_more(fold(c.base_id, results, "", t), t):
+            if wants_more(fold(c.base_id, results, "", t, scenarios), t):
                 cells.append(replace(c, attempt=len(results) + 1))
         if cells:
             out.append(Batch(b.kernel, tuple(cells)))

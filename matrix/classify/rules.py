@@ -6,12 +6,22 @@ sees is what the code does.
 
 from __future__ import annotations
 
-import statistics
-from collections import Counter
+import operator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+from matrix.classify import series
 from matrix.model import Classified, Verdict
+from matrix.scenarios.catalogue import Catalogue, builtin
+from matrix.scenarios.manifest import (
+    BaselineRule,
+    MetricRule,
+    MetricSpec,
+    Scenario,
+    SeriesRateRule,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,30 @@ def rules(t: Thresholds = DEFAULT_THRESHOLDS) -> list[tuple[str, str]]:
             "and ran knee_margin connections and knee_margin_s seconds past the knee; "
             "puzzle 1 succeeds when send() queued data and the queues were read",
         ),
+        (
+            "fail",
+            "the program said the behaviour is wrong: kselftest exit status 1, a LAVA "
+            "test case with RESULT=fail, a TAP/KTAP 'not ok', or its own result.json",
+        ),
+        (
+            "error",
+            "the program crashed (killed by a signal), exited with a status other than "
+            "0, 1 or 4, bailed out, or a scenario's metric rule says so",
+        ),
+        (
+            "skip",
+            "the program said it cannot test here: kselftest exit status 4, RESULT=skip, '# SKIP'",
+        ),
+        (
+            "infra",
+            "the program did not report in the convention its manifest declares "
+            "(no result.json, no LAVA or TAP line): a missing result, never a pass",
+        ),
+        (
+            "slowdown",
+            "a baseline rule: the metric fell below the set share of the same cell's on "
+            "the baseline kernel (in the metric's better direction)",
+        ),
     ]
 
 
@@ -100,46 +134,53 @@ def remeasure_rule(t: Thresholds = DEFAULT_THRESHOLDS) -> str:
     )
 
 
+Baseline = Callable[[str, str | None], float | None]
+"""(metric, kernel or None for the run's baseline) -> the same cell's value on that
+kernel, or None when there is none (or this cell is on it)."""
+
+
 def classify(
-    result: dict[str, Any] | None, failure: str = "", t: Thresholds = DEFAULT_THRESHOLDS
+    result: dict[str, Any] | None,
+    failure: str = "",
+    t: Thresholds = DEFAULT_THRESHOLDS,
+    scenarios: Catalogue | None = None,
+    baseline: Baseline | None = None,
 ) -> Classified:
-    """One cell's verdict from its collector result (None when none came back)."""
+    """One cell's verdict from its collector result (None when none came back), judged
+    by its scenario's manifest (looked up in `scenarios`, the built-in ones by default)."""
     if not result:
         return Classified(Verdict.INFRA, f"no result: {failure or 'the agent wrote nothing'}")
     status = result.get("status")
-    if status in ("timeout", "crashed"):
-        return Classified(Verdict.INFRA, f"collector {status}: {result.get('status_detail', '')}")
+    detail = result.get("status_detail", "")
+    if status == "timeout":
+        return Classified(Verdict.INFRA, f"collector timeout: {detail}")
+    if status == "no_result":
+        return Classified(Verdict.INFRA, f"missing result: {detail}")
+    if status == "crashed":
+        return Classified(Verdict.ERROR, f"program crashed: {detail}")
     if status == "setup_failed":
         problems = result.get("sysctls", {}).get("problems", [])
         text = "; ".join(f"{p['key']} {p['problem']} ({p.get('detail', '')})" for p in problems)
-        return Classified(
-            Verdict.ERROR, f"sysctl setup failed: {text or result.get('status_detail')}"
-        )
+        return Classified(Verdict.ERROR, f"sysctl setup failed: {text or detail}")
     if status != "ok":
         return Classified(Verdict.INFRA, f"unknown collector status {status!r}")
-    if str(result.get("scenario", "")).startswith("1"):
-        return _puzzle1(result)
-    return _puzzle2(result, t)
+    return judge(result, spec_of(result, scenarios), t, baseline)
 
 
-def _puzzle1(result: dict[str, Any]) -> Classified:
-    m = result.get("metrics", {})
-    err = result.get("error")
-    if err:
-        return Classified(Verdict.ERROR, _errno_text(err), dict(m))
-    if not m.get("bytes_queued"):
-        return Classified(Verdict.ERROR, "send() queued nothing", dict(m))
-    return Classified(
-        Verdict.SUCCESS, f"queued {m['bytes_queued']:,} B in {m.get('sends', 0)} sends", dict(m)
-    )
+_BARE = Scenario("?", "", Path("."), ("true",), 1.0)
+"""A result of a scenario no catalogue knows: judged by what it reported alone."""
 
 
-def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
-    m = dict(result.get("metrics", {}))
-    figures = rates(result, t)
-    figures.update(late_evidence(result, t))
-    figures.update(load_figures(result))
-    m.update(figures)
+def judge(
+    result: dict[str, Any], spec: Scenario, t: Thresholds, baseline: Baseline | None
+) -> Classified:
+    """An ok result: errors and stalls first, then what the program said, then the
+    manifest's rules in order, then the program's own verdict; else success."""
+    m = dict(result.get("metrics") or {})
+    rule = spec.series_rule()
+    if rule:
+        m.update(rate_figures(result, t, rule))
+    m.update(program_figures(result))
     err = result.get("error")
     if err:
         m.update(error_name=err.get("name"), error_iteration=err.get("iteration"))
@@ -147,47 +188,163 @@ def _puzzle2(result: dict[str, Any], t: Thresholds) -> Classified:
     stall = (result.get("evidence") or {}).get("stall")
     if m.get("ended_by") == "stall" or stall:
         return Classified(Verdict.HANG, _stall_text(stall or {}, m), m)
-    early, late = figures["early_rate"], figures["late_rate"]
+    said = _program_said(result, m)
+    if said:
+        return said
+    for r in spec.rules:
+        found = _apply(r, result, m, t, baseline, spec)
+        if found:
+            return found
+    own = result.get("verdict")
+    if own in (v.value for v in Verdict) and own != Verdict.SUCCESS.value:
+        return Classified(Verdict(own), f"the program's verdict: {detail_of(result)}", m)
+    return Classified(Verdict.SUCCESS, _success_text(spec, result, m), m)
+
+
+def rate_figures(result: dict[str, Any], t: Thresholds, rule: SeriesRateRule) -> dict[str, Any]:
+    """The series-rate rule's figures, with the late evidence and the load it ran under."""
+    figures = series.rates(result, t.early_fraction, t.late_fraction, rule)
+    figures.update(series.late_evidence(result, t.late_fraction))
+    figures.update(load_figures(result, rule))
+    return figures
+
+
+def program_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """What the program reported besides its metrics: outcome and test cases."""
+    prog = result.get("program") or {}
+    cases = result.get("testcases") or []
+    if not prog and not cases:
+        return {}
+    counts = {k: sum(1 for c in cases if c.get("result") == k) for k in ("pass", "fail", "skip")}
+    return {
+        "outcome": prog.get("outcome"),
+        "exit_code": prog.get("exit_code"),
+        "testcases": len(cases),
+        "testcases_failed": counts["fail"],
+        "testcases_skipped": counts["skip"],
+        "testcases_passed": counts["pass"],
+    }
+
+
+def detail_of(result: dict[str, Any]) -> str:
+    return str(result.get("status_detail") or "").strip() or "no detail"
+
+
+def _program_said(result: dict[str, Any], m: dict[str, Any]) -> Classified | None:
+    """A verdict the program itself gave through its exit status, LAVA or TAP lines."""
+    outcome = (result.get("program") or {}).get("outcome")
+    if outcome not in ("fail", "error", "skip"):
+        return None
+    cases = result.get("testcases") or []
+    bad = [str(c.get("name")) for c in cases if c.get("result") in ("fail", "error")]
+    code = (result.get("program") or {}).get("exit_code")
+    how = f"exit status {code}" if code is not None else "no exit status"
+    if outcome == "fail":
+        listed = ", ".join(bad[:8])
+        named = f"{len(bad)} of {len(cases)} test cases failed: {listed}" if bad else how
+        return Classified(Verdict.FAIL, f"fail: {named}", m)
+    if outcome == "skip":
+        return Classified(Verdict.SKIP, f"skipped ({how}): {detail_of(result)}", m)
+    said = f"the program reported an error ({how}): {detail_of(result)}"
+    return Classified(Verdict.ERROR, said, m)
+
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def _apply(
+    rule: Any,
+    result: dict[str, Any],
+    m: dict[str, Any],
+    t: Thresholds,
+    baseline: Baseline | None,
+    spec: Scenario,
+) -> Classified | None:
+    """One manifest rule: a verdict, or None to go on to the next rule."""
+    if isinstance(rule, SeriesRateRule):
+        return _series_rate(rule, result, m, t)
+    if isinstance(rule, MetricRule):
+        value = m.get(rule.metric)
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else 0
+        if _OPS[rule.op](number, rule.value):
+            return None
+        reason = rule.reason or f"{rule.metric} {value!r} is not {rule.op} {rule.value:g}"
+        return Classified(Verdict(rule.otherwise), reason, m)
+    if isinstance(rule, BaselineRule):
+        return _baseline(rule, m, baseline, spec)
+    return None
+
+
+def _series_rate(
+    rule: SeriesRateRule, result: dict[str, Any], m: dict[str, Any], t: Thresholds
+) -> Classified:
+    early, late = m["early_rate"], m["late_rate"]
     if early is None or late is None:
         return Classified(Verdict.INFRA, "too few samples to compute rates", m)
-    short = _short_of_goal(result, m)
+    short = _short_of_goal(result, m, rule) if rule.goal else ""
     if short and m.get("ended_by") != "collapse":
         m["inconclusive"] = True
         return Classified(Verdict.INFRA, short, m)
-    if early > 0 and late >= t.success_min_ratio * early:
+    least = rule.min_ratio if rule.min_ratio is not None else t.success_min_ratio
+    if early > 0 and late >= least * early:
         return Classified(Verdict.SUCCESS, f"kept {late:,.0f}/s of an early {early:,.0f}/s", m)
     return Classified(Verdict.SLOWDOWN, _slowdown_text(early, late, m), m)
 
 
-def goal(result: dict[str, Any]) -> tuple[int | None, int, float]:
-    """(knee, margin, margin_s): half the port range the cell read back, and how far
-    past it the cell was asked to run (0 and 0 for results from before the margins)."""
-    ports = (result.get("metrics") or {}).get("port_range")
-    limits = result.get("limits") or {}
-    knee = (ports[1] - ports[0] + 1) // 2 if ports else None
-    return knee, int(limits.get("knee_margin", 0)), float(limits.get("knee_margin_s", 0.0))
-
-
-def knee_time(result: dict[str, Any]) -> float | None:
-    """When the loop passed the knee, from its own series (None: it never did)."""
-    knee = goal(result)[0]
-    if knee is None:
+def _baseline(
+    rule: BaselineRule, m: dict[str, Any], baseline: Baseline | None, spec: Scenario
+) -> Classified | None:
+    """Below min_ratio of the baseline kernel's value for the same cell: `otherwise`."""
+    value = m.get(rule.metric)
+    base = baseline(rule.metric, rule.kernel) if baseline else None
+    if not isinstance(value, int | float) or not base:
         return None
-    pts = _points(result)
-    return _time_at(pts, knee) if pts[-1][1] >= knee else None
+    lower = (spec.metric(rule.metric) or _NO_SPEC).better == "lower"
+    ratio = (base / value if value else 0.0) if lower else value / base
+    m[f"{rule.metric}_vs_baseline"] = round(ratio, 3)
+    if ratio >= rule.min_ratio:
+        return None
+    return Classified(
+        Verdict(rule.otherwise),
+        f"{rule.metric} {value:,.4g} is {ratio:.2f}x the baseline's {base:,.4g} "
+        f"(below {rule.min_ratio:g}x)",
+        m,
+    )
 
 
-def _short_of_goal(result: dict[str, Any], m: dict[str, Any]) -> str:
+def _success_text(spec: Scenario, result: dict[str, Any], m: dict[str, Any]) -> str:
+    """The manifest's success text filled with this cell's metrics, else what was reported."""
+    if spec.report.success:
+        try:
+            return spec.report.success.format(**m)
+        except (KeyError, ValueError, TypeError, IndexError):
+            pass
+    cases = result.get("testcases") or []
+    if cases:
+        return f"{m.get('testcases_passed', 0)} of {len(cases)} test cases passed"
+    code = (result.get("program") or {}).get("exit_code")
+    return f"exit status {code}" if code is not None else detail_of(result)
+
+
+def _short_of_goal(result: dict[str, Any], m: dict[str, Any], rule: SeriesRateRule) -> str:
     """Why a cell proves nothing yet: it never got its margins past the knee.
 
     connect() fills one parity of the port range first; only past that point can 2B run
     out of ports, so a loop stopped earlier (by a safety limit: a slow guest) has not
     been tested, however fast it was.
     """
-    knee, margin, margin_s = goal(result)
+    knee, margin, margin_s = series.goal(result, rule)
     if knee is None:
         return ""
-    n, knee_t, total_t = m.get("iterations", 0), m.get("knee_t"), _points(result)[-1][0]
+    pts = series.points(result, rule.counter)
+    n, knee_t, total_t = int(pts[-1][1]), m.get("knee_t"), pts[-1][0]
     past_s = total_t - knee_t if knee_t is not None else 0.0
     if n >= knee + margin and knee_t is not None and past_s >= margin_s:
         return ""
@@ -205,52 +362,9 @@ def _short_of_goal(result: dict[str, Any], m: dict[str, Any]) -> str:
     )
 
 
-def rates(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    """The rate before the knee against the rate after it (where 2B's ports run out).
-
-    Before: the median of the 1-second rates up to the knee, so a guest starved for a
-    few seconds (a VM booting beside it) does not set the scale; without a knee, or with
-    too few seconds before it, the rate over the first iterations. After: from the knee
-    to the end, or over the last stretch of time when there is no knee.
-    """
-    pts = _points(result)
-    none = {"early_rate": None, "late_rate": None, "rate_ratio": None, "knee_t": None}
-    if len(pts) < 2 or pts[-1][1] <= 0 or pts[-1][0] <= 0:
-        return none
-    total_t, total_i = pts[-1]
-    knee_t = knee_time(result)
-    before = second_rates(result, knee_t) if knee_t is not None else []
-    if len(before) >= 3:
-        early: float | None = statistics.median(before)
-    else:
-        n_early = max(1.0, t.early_fraction * total_i)
-        t_early = _time_at(pts, n_early)
-        early = n_early / t_early if t_early > 0 else None
-    t_late = knee_t if knee_t is not None else total_t * (1 - t.late_fraction)
-    if total_t - t_late <= 0:
-        return dict(none, early_rate=early, knee_t=knee_t)
-    late = (total_i - _iterations_at(pts, t_late)) / (total_t - t_late)
-    ratio = late / early if early else None
-    return {"early_rate": early, "late_rate": late, "rate_ratio": ratio, "knee_t": knee_t}
-
-
-def second_rates(result: dict[str, Any], end: float | None, span_s: float = 1.0) -> list:
-    """Connections/s over consecutive `span_s` windows of the series, up to `end`."""
-    series = result.get("series") or []
-    if end is None:
-        end = series[-1]["t"] if series else 0.0
-    rates, last = [], None
-    for s in series:
-        if s["t"] > end:
-            break
-        if last is None or s["t"] - last["t"] >= span_s:
-            if last is not None:
-                rates.append((s["iterations"] - last["iterations"]) / (s["t"] - last["t"]))
-            last = s
-    return rates
-
-
-def load_figures(result: dict[str, Any]) -> dict[str, Any]:
+def load_figures(
+    result: dict[str, Any], rule: SeriesRateRule = series.DEFAULT_RULE
+) -> dict[str, Any]:
     """How loaded the machine was while the cell ran: the host's figures (added by the
     orchestrator as results arrive), the guest's steal, and the loop's own stability."""
     host = result.get("host_load") or {}
@@ -260,21 +374,8 @@ def load_figures(result: dict[str, Any]) -> dict[str, Any]:
         "host_steal_share": host.get("steal_share"),
         "vm_wait_share": host.get("vm_wait_share"),
         "guest_steal_share": guest.get("steal_share"),
-        "rate_cv": rate_cv(result),
+        "rate_cv": series.rate_cv(result, rule),
     }
-
-
-def rate_cv(result: dict[str, Any]) -> float | None:
-    """std/mean of 1-second rates before the knee (or over the whole run without one):
-    a steady loop on a quiet machine stays within a few percent."""
-    rates = second_rates(result, knee_time(result))
-    if len(rates) < 3:
-        return None
-    mean = sum(rates) / len(rates)
-    if mean <= 0:
-        return None
-    var = sum((r - mean) ** 2 for r in rates) / len(rates)
-    return round(var**0.5 / mean, 3)
 
 
 def loaded(m: dict[str, Any], t: Thresholds = DEFAULT_THRESHOLDS) -> str:
@@ -288,10 +389,13 @@ def loaded(m: dict[str, Any], t: Thresholds = DEFAULT_THRESHOLDS) -> str:
 
 
 def thin_reasons(
-    result: dict[str, Any] | None, c: Classified, t: Thresholds = DEFAULT_THRESHOLDS
+    result: dict[str, Any] | None,
+    c: Classified,
+    t: Thresholds = DEFAULT_THRESHOLDS,
+    scenarios: Catalogue | None = None,
 ) -> list[str]:
     """Why this verdict rests on a thin margin (empty: it does not), so that it is
-    measured again. Only puzzle-2 style measurements (rates over time) can be thin."""
+    measured again. Only series-rate measurements (rates over time) can be thin."""
     m = c.metrics
     if c.verdict is Verdict.INFRA:
         return (
@@ -311,7 +415,8 @@ def thin_reasons(
                 "threshold" + (f" ({busy})" if busy else "")
             )
     if c.verdict is Verdict.SLOWDOWN and result:
-        back = _last_second_rate(result)
+        rule = spec_of(result, scenarios).series_rule()
+        back = series.last_second_rate(result, rule.counter) if rule else None
         early = m.get("early_rate")
         if back is not None and early and back >= t.success_min_ratio * early:
             reasons.append(f"a dip: the rate was back to {back:,.0f}/s in the last second")
@@ -328,57 +433,6 @@ def thin_band(m: dict[str, Any], busy: str, t: Thresholds = DEFAULT_THRESHOLDS) 
     if cv is None:
         return t.thin_band
     return min(t.loaded_band, max(t.thin_floor, 1 + t.thin_cv_factor * cv))
-
-
-def _last_second_rate(result: dict[str, Any]) -> float | None:
-    series = result.get("series") or []
-    if len(series) < 2:
-        return None
-    last = series[-1]
-    for s in reversed(series[:-1]):
-        if last["t"] - s["t"] >= 1.0:
-            return (last["iterations"] - s["iterations"]) / (last["t"] - s["t"])
-    return None
-
-
-def late_evidence(result: dict[str, Any], t: Thresholds) -> dict[str, Any]:
-    """How the loop process spent the late stretch: state, wchan, system-time share."""
-    series = result.get("series") or []
-    if not series:
-        return {"evidence_state": None, "evidence_wchan": None, "stime_share": None}
-    t_late = series[-1]["t"] * (1 - t.late_fraction)
-    late = [s for s in series if s["t"] >= t_late] or series[-1:]
-    state = Counter(s.get("state") or "?" for s in late).most_common(1)[0][0]
-    wchan = Counter(s.get("wchan") or "" for s in late).most_common(1)[0][0]
-    first, last = late[0], late[-1]
-    du = (last.get("utime") or 0) - (first.get("utime") or 0)
-    ds = (last.get("stime") or 0) - (first.get("stime") or 0)
-    share = ds / (du + ds) if du + ds > 0 else None
-    return {"evidence_state": state, "evidence_wchan": wchan, "stime_share": share}
-
-
-def _points(result: dict[str, Any]) -> list[tuple[float, float]]:
-    pts = [(0.0, 0.0)] + [
-        (float(s["t"]), float(s["iterations"])) for s in result.get("series") or []
-    ]
-    m = result.get("metrics", {})
-    if m.get("elapsed_s") and m.get("iterations") is not None and m["elapsed_s"] > pts[-1][0]:
-        pts.append((float(m["elapsed_s"]), float(m["iterations"])))
-    return pts
-
-
-def _time_at(pts: list[tuple[float, float]], n: float) -> float:
-    for (t0, i0), (t1, i1) in zip(pts, pts[1:], strict=False):
-        if i1 >= n:
-            return t0 + (t1 - t0) * ((n - i0) / (i1 - i0) if i1 > i0 else 0)
-    return pts[-1][0]
-
-
-def _iterations_at(pts: list[tuple[float, float]], when: float) -> float:
-    for (t0, i0), (t1, i1) in zip(pts, pts[1:], strict=False):
-        if t1 >= when:
-            return i0 + (i1 - i0) * ((when - t0) / (t1 - t0) if t1 > t0 else 0)
-    return pts[-1][1]
 
 
 def _errno_text(err: dict[str, Any]) -> str:
@@ -413,24 +467,14 @@ def _slowdown_text(early: float, late: float, m: dict[str, Any]) -> str:
     return text
 
 
-def key_figure(scenario: str, c: Classified) -> str:
-    """The one short figure shown in a matrix cell."""
-    m = c.metrics
-    if c.verdict is Verdict.INFRA and m.get("inconclusive"):
-        return f"{m.get('iterations', 0):,} conns, short of the goal"
-    if c.verdict is Verdict.INFRA:
-        return "no result"
-    if scenario.startswith("1"):
-        return f"{m['bytes_queued'] / 1e6:.2f} MB" if m.get("bytes_queued") else "-"
-    if c.verdict is Verdict.ERROR:
-        err = m.get("error_name")
-        return f"{err} @ {m.get('error_iteration', 0):,}" if err else "setup failed"
-    if c.verdict is Verdict.HANG:
-        return f"stalled @ {m.get('iterations', 0):,}"
-    if m.get("early_rate") is None:
-        return "-"
-    return f"{m['early_rate']:,.0f}/s → {m['late_rate']:,.0f}/s"
-
-
 def thresholds_dict(t: Thresholds) -> dict[str, float]:
     return asdict(t)
+
+
+def spec_of(result: dict[str, Any] | None, scenarios: Catalogue | None = None) -> Scenario:
+    """The manifest a result is judged by (a bare one for a scenario nobody knows)."""
+    found = (scenarios or builtin()).find(str((result or {}).get("scenario", "")))
+    return found or _BARE
+
+
+_NO_SPEC = MetricSpec("")

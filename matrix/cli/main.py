@@ -15,6 +15,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from dataclasses import replace
@@ -30,7 +31,6 @@ from matrix.plan import config, hosts
 from matrix.results import table as results
 from matrix.run import factory, job, rundir
 from matrix.run.progress import Display
-from matrix.scenarios.catalogue import SCENARIOS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_results)
     _history_parsers(sub)
     search_cli.add_parsers(sub)
+    c = sub.add_parser(
+        "scenarios", help="list the scenarios, where each comes from, its parameters"
+    )
+    scenario_dir_option(c)
+    c.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    c.set_defaults(func=cmd_scenarios)
     e = sub.add_parser("help-exit-codes", help="what each exit code means")
     e.set_defaults(func=lambda a, v: print(__doc__.split("Exit codes:")[1]) or 0)
     return p
@@ -91,7 +97,22 @@ def parser() -> argparse.ArgumentParser:
 def _run_parser(sub: Any) -> None:
     r = sub.add_parser("run", help="run the matrix and write the report")
     r.add_argument("--kernels", type=_names, help="comma-separated kernel names (default: all)")
-    r.add_argument("--scenarios", type=_names, help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    r.add_argument(
+        "--scenarios", type=_names, help="comma-separated names (see `kmatrix scenarios`)"
+    )
+    scenario_dir_option(r)
+    r.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=V[,V...]",
+        help="a scenario parameter's values (repeatable; a list is a sweep axis)",
+    )
+    r.add_argument(
+        "--baseline",
+        metavar="KERNEL",
+        help="the kernel that scenarios' baseline rules compare with",
+    )
     r.add_argument("--profile", help="a [profiles.NAME] of kernels.toml, e.g. quick or full")
     r.add_argument(
         "--sysctl",
@@ -161,6 +182,27 @@ def _history_parsers(sub: Any) -> None:
     d.set_defaults(func=cmd_diff)
 
 
+def scenario_dir_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--scenario-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a directory of scenarios (NAME/scenario.toml) besides the built-in ones; repeatable",
+    )
+
+
+def cmd_scenarios(args: argparse.Namespace, argv: list[str]) -> int:
+    cfg = factory.load_config(args)
+    if args.json:
+        for s in cfg.catalogue.scenarios:
+            print(json.dumps(s.to_doc(), sort_keys=True))
+        return 0
+    Display().scenarios_table(cfg.catalogue.scenarios)
+    return 0
+
+
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
@@ -175,6 +217,17 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         overrides["sysctls"] = {k: list(v) for k, v in job.parse_sysctl_options(args.sysctl)}
         fixed = {k: v for k, v in sw.fixed if k not in overrides["sysctls"]}
         overrides["fixed"] = fixed
+        overrides["swept_scenarios"] = list(args.scenarios or sw.scenarios)
+    if args.param:
+        given = job.parse_sysctl_options(args.param, "--param", "duration=5,10")
+        overrides["params"] = {k: list(v) for k, v in given}
+    if args.baseline:
+        if args.baseline not in {k.name for k in cfg.kernels}:
+            known = ", ".join(k.name for k in cfg.kernels)
+            raise ConfigError(
+                "command line", "--baseline", f"{args.baseline!r}; expected one of {known}"
+            )
+        overrides["baseline"] = args.baseline
     for opt, key in (
         ("trials", "trials"),
         ("window", "window_s"),
@@ -187,7 +240,9 @@ def effective(cfg: config.Config, args: argparse.Namespace) -> config.Config:
         if getattr(args, opt) is not None:
             overrides[key] = getattr(args, opt)
     if overrides:
-        cfg = replace(cfg, sweep=config.sweep_from("command line", "option", overrides, sw))
+        cfg = replace(
+            cfg, sweep=config.sweep_from("command line", "option", overrides, sw, cfg.catalogue)
+        )
     settings = cfg.settings
     if args.hosts:
         cfg = replace(cfg, hosts=hosts.from_option(args.hosts, args.host_capacity, None))
@@ -226,7 +281,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             allow_unverified=cfg.settings.allow_unverified,
         )
         kernels, failures = job.resolve(job.select(cfg, args.kernels), catalog)
-        batches = plan.plan(kernels, cfg.sweep)
+        batches = plan.plan(kernels, cfg.sweep, cfg.catalogue)
         run_dir, lock = claim_run_dir(args.out, cfg.settings.runs_dir)
         job.start_run(run_dir, batches, cfg, argv)
     with lock:
@@ -258,7 +313,9 @@ def _run_claimed(
     if jobs:
         job.check_runners(batches, runner_for, failures)
     remotes = remote_machines(cfg, run_dir, batches)
-    display.start(run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed})
+    display.start(
+        run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed}, job.run_scenarios(run_dir)
+    )
     with display:
         interrupted = job.execute(
             batches, runner_for, run_dir, jobs, display.event, failures, remotes

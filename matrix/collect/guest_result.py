@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from matrix.classify.rules import classify, key_figure, thin_reasons
+from matrix.classify.figures import key_figure
+from matrix.classify.rules import classify, thin_reasons
 from matrix.collect import guest_files
 
 MAX_MAGNITUDE = 2**63

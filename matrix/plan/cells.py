@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.model import (
+    LIMIT_NAMES,
     Batch,
     Cell,
     DebianSource,
@@ -19,41 +20,95 @@ from matrix.model import (
     KernelSpec,
     Limits,
     PathSource,
+    Program,
     ResolvedKernel,
     Sweep,
 )
+from matrix.scenarios import manifest
+from matrix.scenarios.catalogue import Catalogue, builtin
+from matrix.scenarios.manifest import Scenario
+from matrix.scenarios.sysctls import check_host_cells
+
+Axes = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 def combinations(sweep: Sweep) -> list[tuple[tuple[str, str], ...]]:
-    """Every combination of the swept values, with the fixed sysctls added to each."""
-    names = [name for name, _ in sweep.sysctls]
-    combos = itertools.product(*(values for _, values in sweep.sysctls))
-    return [tuple(zip(names, combo, strict=True)) + sweep.fixed for combo in combos]
+    """Every combination of the sweep's own sysctl values, with the fixed ones added."""
+    return _settings(sweep.sysctls, sweep.fixed)
 
 
-def cells_for(kernel: ResolvedKernel, sweep: Sweep) -> tuple[Cell, ...]:
-    """The cells of one kernel, in a stable order: scenario, then sysctls, then trial."""
+def _product(axes: Axes) -> list[tuple[tuple[str, str], ...]]:
+    """Lists multiply (lkp-tests' rule): one tuple per combination, in axis order."""
+    names = [name for name, _ in axes]
+    combos = itertools.product(*(values for _, values in axes))
+    return [tuple(zip(names, combo, strict=True)) for combo in combos]
+
+
+def _settings(axes: Axes, fixed: tuple[tuple[str, str], ...]) -> list[tuple[tuple[str, str], ...]]:
+    swept = {name for name, _ in axes}
+    rest = tuple((k, v) for k, v in fixed if k not in swept)
+    return [combo + rest for combo in _product(axes)]
+
+
+def sysctl_axes(scenario: Scenario, sweep: Sweep) -> Axes:
+    """The run's sysctl sweep where it applies to this scenario, else the scenario's own."""
+    swept = sweep.swept_scenarios
+    applies = scenario.name in swept if swept is not None else bool(scenario.sysctls)
+    return sweep.sysctls if sweep.sysctls and applies else scenario.sysctls
+
+
+def param_axes(scenario: Scenario, sweep: Sweep) -> Axes:
+    """The scenario's parameters, with the run's values for those it declares."""
+    run = dict(sweep.params)
+    return tuple((name, run.get(name, values)) for name, values in scenario.params)
+
+
+def program(scenario: Scenario) -> Program:
+    return Program(
+        command=scenario.command,
+        directory=str(scenario.directory),
+        result=scenario.result,
+        timeout_s=scenario.timeout_s,
+        limits=scenario.limits,
+    )
+
+
+def cells_for(
+    kernel: ResolvedKernel, sweep: Sweep, cat: Catalogue | None = None
+) -> tuple[Cell, ...]:
+    """The cells of one kernel, in a stable order: scenario, sysctls, parameters, trial."""
+    cat = cat or builtin()
     out: list[Cell] = []
-    for scenario in sweep.scenarios:
-        settings = combinations(sweep) if scenario in sweep.swept_scenarios else [()]
-        for sysctls in settings:
-            for trial in range(sweep.trials):
-                out.append(
-                    Cell(
-                        kernel=kernel.spec.name,
-                        scenario=scenario,
-                        sysctls=sysctls,
-                        trial=trial,
-                        limits=sweep.limits,
-                        kernel_identity=kernel.identity,
+    for name in sweep.scenarios:
+        scenario = cat.get(name)
+        prog = program(scenario)
+        for sysctls in _settings(sysctl_axes(scenario, sweep), sweep.fixed):
+            for params in _product(param_axes(scenario, sweep)):
+                for trial in range(sweep.trials):
+                    out.append(
+                        Cell(
+                            kernel=kernel.spec.name,
+                            scenario=name,
+                            sysctls=sysctls,
+                            trial=trial,
+                            limits=sweep.limits,
+                            kernel_identity=kernel.identity,
+                            params=params,
+                            program=prog,
+                        )
                     )
-                )
     return tuple(out)
 
 
-def plan(kernels: list[ResolvedKernel], sweep: Sweep) -> list[Batch]:
-    """One batch per kernel: a runner boots each kernel once for all its cells."""
-    return [Batch(kernel=k, cells=cells_for(k, sweep)) for k in kernels]
+def plan(kernels: list[ResolvedKernel], sweep: Sweep, cat: Catalogue | None = None) -> list[Batch]:
+    """One batch per kernel: a runner boots each kernel once for all its cells. A kernel
+    that runs on this machine (no VM) may only set sysctls that stay in a namespace."""
+    batches = [Batch(kernel=k, cells=cells_for(k, sweep, cat)) for k in kernels]
+    for b in batches:
+        if b.kernel.spec.kind == "host":
+            keys = {k for c in b.cells for k, _ in c.sysctls}
+            check_host_cells("sweep", b.kernel.spec.name, keys)
+    return batches
 
 
 def sysctl_label(sysctls: tuple[tuple[str, str], ...] | dict[str, str], fixed: set[str]) -> str:
@@ -73,10 +128,20 @@ def sysctl_label(sysctls: tuple[tuple[str, str], ...] | dict[str, str], fixed: s
     return " ".join(parts)
 
 
-def to_doc(batches: list[Batch], fixed: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """plan.json: enough to resume or report a run without the config that made it."""
+def to_doc(
+    batches: list[Batch],
+    fixed: tuple[tuple[str, str], ...],
+    cat: Catalogue | None = None,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """plan.json: enough to resume or report a run without the config that made it,
+    including the manifests of its scenarios as they were when it was planned."""
+    cat = cat or builtin()
+    names = dict.fromkeys(c.scenario for b in batches for c in b.cells)
     return {
         "fixed_sysctls": [k for k, _ in fixed],
+        "baseline": baseline,
+        "scenarios": {n: cat.get(n).to_doc() for n in names if cat.find(n)},
         "kernels": [_kernel_doc(b.kernel) for b in batches],
         "cells": [
             dict(c.to_agent(), kernel=c.kernel, kernel_identity=c.kernel_identity)
@@ -131,6 +196,27 @@ def _kernel_from(d: dict[str, Any]) -> ResolvedKernel:
     )
 
 
+def scenarios_from(doc: dict[str, Any]) -> Catalogue:
+    """The run's own scenarios (plan.json), falling back to the built-in ones for a run
+    planned before manifests were recorded."""
+    own = [manifest.from_doc(s) for s in (doc.get("scenarios") or {}).values()]
+    names = {s.name for s in own}
+    return Catalogue(tuple(own) + tuple(s for s in builtin().scenarios if s.name not in names))
+
+
+def _program_from(d: dict[str, Any]) -> Program | None:
+    if "command" in d:
+        return Program(
+            tuple(d["command"]),
+            d["scenario_dir"],
+            d.get("result", "exit"),
+            float(d["timeout_s"]),
+            tuple(d.get("env_limits", LIMIT_NAMES)),
+        )
+    known = builtin().find(d["scenario"])
+    return program(known) if known else None
+
+
 def _cell_from(d: dict[str, Any]) -> Cell:
     limits = Limits(
         d["window_s"],
@@ -149,4 +235,6 @@ def _cell_from(d: dict[str, Any]) -> Cell:
         limits,
         d["kernel_identity"],
         d.get("attempt", 1),
+        tuple((d.get("params") or {}).items()),
+        _program_from(d),
     )

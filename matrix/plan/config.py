@@ -19,7 +19,19 @@ from typing import Any
 from matrix.errors import ConfigError
 from matrix.model import DebianSource, HostSource, KernelSpec, Limits, PathSource, Sweep
 from matrix.plan.hosts import HostSpec, from_table
-from matrix.scenarios.catalogue import NAMESPACED_SYSCTLS, SCENARIOS
+from matrix.scenarios.catalogue import Catalogue, builtin, load_catalogue
+from matrix.scenarios.manifest import sysctl_key
+from matrix.tomlcheck import axis
+from matrix.tomlcheck import boolean as _bool
+from matrix.tomlcheck import integer as _int
+from matrix.tomlcheck import number as _num
+from matrix.tomlcheck import only_keys as _only_keys
+from matrix.tomlcheck import required as _required
+from matrix.tomlcheck import string as _str
+from matrix.tomlcheck import string_list as _string_list
+from matrix.tomlcheck import table as _table
+from matrix.tomlcheck import value as _value
+from matrix.tomlcheck import values as _values
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,8 @@ class Settings:
     identity: Path | None = None
     allow_unverified: bool = False
     guest_user: str | None = None
+    scenario_dirs: tuple[Path, ...] = ()
+    """Directories of the user's scenarios (relative ones from the config's directory)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,7 @@ class Config:
     sweep: Sweep
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     hosts: tuple[HostSpec, ...] = ()
+    catalogue: Catalogue = field(default_factory=builtin)
 
     def kernel(self, name: str) -> KernelSpec:
         for k in self.kernels:
@@ -67,7 +82,8 @@ def default_config_path() -> Path:
     return Path(str(resources.files("matrix") / "kernels.toml"))
 
 
-def load(path: Path | None = None) -> Config:
+def load(path: Path | None = None, scenario_dirs: tuple[Path, ...] = ()) -> Config:
+    """kernels.toml, with the scenarios of [settings] scenario_dirs and `scenario_dirs`."""
     path = path or default_config_path()
     src = str(path)
     try:
@@ -84,20 +100,20 @@ def load(path: Path | None = None) -> Config:
         raise ConfigError(
             src, "kernel.name", f"duplicate names {sorted(dup)}; names must be unique"
         )
+    settings = _settings(src, _table(src, "settings", data.get("settings", {})))
+    cat = load_catalogue(settings.scenario_dirs + tuple(scenario_dirs))
+    base = default_sweep(cat)
     profiles = _table(src, "profiles", data.get("profiles", {}))
     for pname, prof in profiles.items():
-        sweep_from(
-            src, f"profiles.{pname}", _table(src, f"profiles.{pname}", prof), default_sweep()
-        )
+        sweep_from(src, f"profiles.{pname}", _table(src, f"profiles.{pname}", prof), base, cat)
     return Config(
         path=Path(path),
-        settings=_settings(src, _table(src, "settings", data.get("settings", {}))),
+        settings=settings,
         kernels=kernels,
-        sweep=sweep_from(
-            src, "sweep", _table(src, "sweep", data.get("sweep", {})), default_sweep()
-        ),
+        sweep=sweep_from(src, "sweep", _table(src, "sweep", data.get("sweep", {})), base, cat),
         profiles=profiles,
         hosts=_hosts(src, data),
+        catalogue=cat,
     )
 
 
@@ -114,15 +130,9 @@ def _hosts(src: str, data: dict[str, Any]) -> tuple[HostSpec, ...]:
     return hosts
 
 
-def default_sweep() -> Sweep:
-    """The seed's sweep: puzzle 2 over buckets x tw_reuse, puzzle 1 at defaults."""
-    return Sweep(
-        scenarios=("1A", "1B", "2A", "2B"),
-        sysctls=(
-            ("net.ipv4.tcp_max_tw_buckets", ("2000", "50000", "65535")),
-            ("net.ipv4.tcp_tw_reuse", ("0", "1")),
-        ),
-    )
+def default_sweep(cat: Catalogue | None = None) -> Sweep:
+    """The catalogue's default scenarios, each with its own manifest's sysctl sweep."""
+    return Sweep(scenarios=(cat or builtin()).default_names(), sysctls=())
 
 
 def apply_profile(config: Config, name: str) -> Config:
@@ -130,7 +140,9 @@ def apply_profile(config: Config, name: str) -> Config:
     if name not in config.profiles:
         known = ", ".join(sorted(config.profiles)) or "none declared"
         raise ConfigError(str(config.path), f"profiles.{name}", f"no such profile; known: {known}")
-    sweep = sweep_from(str(config.path), f"profiles.{name}", config.profiles[name], config.sweep)
+    sweep = sweep_from(
+        str(config.path), f"profiles.{name}", config.profiles[name], config.sweep, config.catalogue
+    )
     return replace(config, sweep=sweep)
 
 
@@ -172,6 +184,12 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
         guest_user=(
             guest_user(src, "settings.guest_user", t["guest_user"]) if "guest_user" in t else None
         ),
+        scenario_dirs=tuple(
+            base / Path(os.path.expanduser(d))
+            for d in _string_list(src, "settings.scenario_dirs", t["scenario_dirs"])
+        )
+        if "scenario_dirs" in t
+        else (),
     )
 
 
@@ -202,31 +220,39 @@ _SWEEP_KEYS = {
     "collapse_s",
     "knee_margin",
     "knee_margin_s",
+    "params",
+    "baseline",
 }
 
 
-def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
+def sweep_from(
+    src: str, where: str, t: dict[str, Any], base: Sweep, cat: Catalogue | None = None
+) -> Sweep:
+    """A [sweep] or [profiles.NAME] table laid over `base`, checked against the catalogue."""
+    cat = cat or builtin()
     _only_keys(src, where, t, _SWEEP_KEYS)
-    scen = tuple(_scenario_list(src, f"{where}.scenarios", t.get("scenarios", base.scenarios)))
-    swept = tuple(
-        _scenario_list(
-            src, f"{where}.swept_scenarios", t.get("swept_scenarios", base.swept_scenarios)
-        )
-    )
+    scen = _scenario_list(src, f"{where}.scenarios", t.get("scenarios", base.scenarios), cat)
+    swept = base.swept_scenarios
+    if "swept_scenarios" in t:
+        swept = _scenario_list(src, f"{where}.swept_scenarios", t["swept_scenarios"], cat)
     sysctls = base.sysctls
     if "sysctls" in t:
         tab = _table(src, f"{where}.sysctls", t["sysctls"])
         sysctls = tuple(
-            (_sysctl_name(src, f"{where}.sysctls", k), _values(src, f"{where}.sysctls.{k}", v))
+            (sysctl_key(src, f"{where}.sysctls", k), _values(src, f"{where}.sysctls.{k}", v))
             for k, v in tab.items()
         )
     fixed = base.fixed
     if "fixed" in t:
         tab = _table(src, f"{where}.fixed", t["fixed"])
         fixed = tuple(
-            (_sysctl_name(src, f"{where}.fixed", k), _value(src, f"{where}.fixed.{k}", v))
+            (sysctl_key(src, f"{where}.fixed", k), _value(src, f"{where}.fixed.{k}", v))
             for k, v in tab.items()
         )
+    params = base.params
+    if "params" in t:
+        params = _params(src, f"{where}.params", _table(src, f"{where}.params", t["params"]), cat)
+    baseline = _str(src, f"{where}.baseline", t["baseline"]) if "baseline" in t else base.baseline
     lim = base.limits
     limits = Limits(
         window_s=_num(src, f"{where}.window_s", t.get("window_s", lim.window_s)),
@@ -242,7 +268,7 @@ def sweep_from(src: str, where: str, t: dict[str, Any], base: Sweep) -> Sweep:
         ),
     )
     trials = _int(src, f"{where}.trials", t.get("trials", base.trials), 1)
-    return Sweep(scen, sysctls, fixed, trials, limits, swept)
+    return Sweep(scen, sysctls, fixed, trials, limits, swept, params, baseline)
 
 
 def _kernel(src: str, i: int, t: dict[str, Any]) -> KernelSpec:
@@ -279,50 +305,28 @@ def _kernel(src: str, i: int, t: dict[str, Any]) -> KernelSpec:
     raise ConfigError(src, f"{where}.source", f"{kind!r}; expected one of host, debian, path")
 
 
-def _scenario_list(src: str, key: str, v: Any) -> list[str]:
+def _scenario_list(src: str, key: str, v: Any, cat: Catalogue) -> tuple[str, ...]:
     if not isinstance(v, list | tuple) or not v:
         raise ConfigError(src, key, "expected a non-empty list of scenario names")
     for s in v:
-        if s not in SCENARIOS:
+        cat.get(s, src, key)
+    return tuple(v)
+
+
+def _params(
+    src: str, key: str, t: dict[str, Any], cat: Catalogue
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Parameter values for the run; each must be a parameter some scenario declares."""
+    declared = {name for s in cat.scenarios for name, _ in s.params}
+    out = []
+    for name, v in t.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
             raise ConfigError(
-                src, key, f"unknown scenario {s!r}; expected one of {', '.join(SCENARIOS)}"
+                src, f"{key}.{name}", f"no scenario declares this parameter; declared: {known}"
             )
-    return list(v)
-
-
-def _sysctl_name(src: str, key: str, name: str) -> str:
-    if name not in NAMESPACED_SYSCTLS:
-        known = ", ".join(sorted(NAMESPACED_SYSCTLS))
-        raise ConfigError(
-            src, f"{key}.{name}", f"not a known per-namespace sysctl; expected one of {known}"
-        )
-    return name
-
-
-def _values(src: str, key: str, v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not v:
-        raise ConfigError(src, key, "expected a non-empty list of values, e.g. [0, 1]")
-    return tuple(_value(src, key, x) for x in v)
-
-
-def _value(src: str, key: str, v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, int | str):
-        raise ConfigError(src, key, f'{v!r}; expected an integer or a string like "32768 60999"')
-    return str(v)
-
-
-def _required(src: str, where: str, t: dict[str, Any], key: str) -> Any:
-    if key not in t:
-        raise ConfigError(src, f"{where}.{key}", "missing")
-    return t[key]
-
-
-def _only_keys(src: str, where: str, t: dict[str, Any], allowed: set[str]) -> None:
-    extra = sorted(set(t) - allowed)
-    if extra:
-        raise ConfigError(
-            src, f"{where}.{extra[0]}", f"unknown key; expected one of {', '.join(sorted(allowed))}"
-        )
+        out.append((name, axis(src, f"{key}.{name}", v)))
+    return tuple(out)
 
 
 def _list_of_tables(src: str, key: str, data: dict[str, Any]) -> list[dict[str, Any]]:
@@ -332,34 +336,3 @@ def _list_of_tables(src: str, key: str, data: dict[str, Any]) -> list[dict[str, 
     if not v:
         raise ConfigError(src, key, "no [[kernel]] declared; at least one is needed")
     return v
-
-
-def _table(src: str, key: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        raise ConfigError(src, key, f"expected a table, got {type(v).__name__}")
-    return v
-
-
-def _str(src: str, key: str, v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise ConfigError(src, key, f"{v!r}; expected a non-empty string")
-    return v
-
-
-def _bool(src: str, key: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise ConfigError(src, key, f"{v!r}; expected true or false")
-    return v
-
-
-def _int(src: str, key: str, v: Any, minimum: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(src, key, f"{v!r}; expected an integer >= {minimum}")
-    return v
-
-
-def _num(src: str, key: str, v: Any, zero: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or (v == 0 and not zero):
-        expected = "a number >= 0" if zero else "a positive number"
-        raise ConfigError(src, key, f"{v!r}; expected {expected}")
-    return float(v)

@@ -11,18 +11,22 @@ import json
 import math
 import numbers
 import shlex
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from matrix.classify.figures import key_figure
 from matrix.classify.remeasure import Folded, attempts_of, fold
-from matrix.classify.rules import DEFAULT_THRESHOLDS, Thresholds, key_figure, remeasure_rule, rules
+from matrix.classify.rules import DEFAULT_THRESHOLDS, Baseline, Thresholds, remeasure_rule, rules
 from matrix.collect import guest_result
 from matrix.model import Classified, Verdict
+from matrix.plan import cells
 from matrix.plan.cells import sysctl_label
 from matrix.run import rundir
+from matrix.scenarios.manifest import Scenario
 
 METRIC_COLUMNS = (
     "iterations",
@@ -74,18 +78,22 @@ def build_rows(
     measured more than once shows the verdict folded over its attempts."""
     kernels = {k["name"]: k for k in plan["kernels"]}
     fixed = set(plan.get("fixed_sysctls", []))
+    scenarios = cells.scenarios_from(plan)
     raw = {cid: guest_result.vet(doc, cid) for cid, doc in raw.items()}
+    base = Baselines(plan, raw)
     rows = []
     for cell in plan["cells"]:
         batch = batches.get(cell["kernel"], {})
         failure = batch_failure(batches, cell["kernel"]) or "not run (run interrupted?)"
+        spec = scenarios.find(cell["scenario"])
         try:
-            folded = fold(cell["id"], attempts_of(cell["id"], raw), failure, t)
+            got = attempts_of(cell["id"], raw)
+            folded = fold(cell["id"], got, failure, t, scenarios, base.lookup(cell))
             result = raw.get(folded.chosen_id)
-            row = _row(cell, kernels[cell["kernel"]], batch, result, folded.classified, fixed)
+            row = _row(cell, kernels[cell["kernel"]], batch, result, folded.classified, fixed, spec)
         except Exception as e:  # noqa: BLE001 - one unreadable cell must not cost the table
             folded = unclassifiable(cell["id"], e)
-            row = _row(cell, kernels[cell["kernel"]], batch, None, folded.classified, fixed)
+            row = _row(cell, kernels[cell["kernel"]], batch, None, folded.classified, fixed, spec)
         rows.append(dict(row, **confirmation_columns(folded)))
     return rows
 
@@ -124,6 +132,7 @@ def _row(
     result: dict[str, Any] | None,
     c: Any,
     fixed: set[str],
+    spec: Scenario | None = None,
 ) -> dict[str, Any]:
     m = c.metrics
     lat = m.get("latency_us") or {}
@@ -140,7 +149,9 @@ def _row(
         "sysctl_label": sysctl_label(cell["sysctls"], fixed),
         "verdict": c.verdict.value,
         "reason": c.reason,
-        "key_figure": key_figure(cell["scenario"], c),
+        "key_figure": key_figure(spec or cell["scenario"], c),
+        "params": dict(cell.get("params") or {}),
+        "metrics": scalar_metrics(m),
         "runner": batch.get("runner", ""),
         "accelerator": batch.get("accelerator", ""),
         "host": (result or {}).get("run_host") or batch.get("host", ""),
@@ -154,11 +165,53 @@ def _row(
     return row
 
 
+def scalar_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    """Every scalar metric of a cell (the program's and the rules' figures), for
+    `results --json` and the exports: what any scenario measured, by its own names."""
+    return {str(k): v for k, v in m.items() if isinstance(v, int | float | str | bool) or v is None}
+
+
+class Baselines:
+    """The baseline kernel's value of a metric for the same cell (scenario, sysctls,
+    parameters, trial folded): the median over its trials and attempts."""
+
+    def __init__(self, plan: dict[str, Any], raw: dict[str, dict[str, Any]]) -> None:
+        self.default = plan.get("baseline")
+        self.values: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+        for cell in plan["cells"]:
+            for doc in attempts_of(cell["id"], raw):
+                if doc.get("status") == "ok":
+                    self.values.setdefault(_same_cell(cell) + (cell["kernel"],), []).append(
+                        doc.get("metrics") or {}
+                    )
+
+    def lookup(self, cell: dict[str, Any]) -> Baseline:
+        def value(metric: str, kernel: str | None) -> float | None:
+            name = kernel or self.default
+            if not name or name == cell["kernel"]:
+                return None
+            found = [
+                m[metric]
+                for m in self.values.get(_same_cell(cell) + (name,), [])
+                if isinstance(m.get(metric), int | float)
+            ]
+            return statistics.median(found) if found else None
+
+        return value
+
+
+def _same_cell(cell: dict[str, Any]) -> tuple[str, str]:
+    key = {"sysctls": cell.get("sysctls") or {}, "params": cell.get("params") or {}}
+    return cell["scenario"], json.dumps(key, sort_keys=True)
+
+
 def repro_command(cell: dict[str, Any]) -> str:
     """The command that runs exactly this one cell again."""
     parts = ["kmatrix", "run", "--kernels", cell["kernel"], "--scenarios", cell["scenario"]]
     for k, v in cell["sysctls"].items():
         parts += ["--sysctl", f"{k}={v}"]
+    for k, v in (cell.get("params") or {}).items():
+        parts += ["--param", f"{k}={v}"]
     parts += [
         "--trials",
         "1",

@@ -13,7 +13,7 @@ from matrix.results import table as results
 
 
 def load_config(args: argparse.Namespace) -> config.Config:
-    cfg = config.load(args.config)
+    cfg = config.load(args.config, tuple(getattr(args, "scenario_dir", None) or ()))
     if getattr(args, "profile", None):
         cfg = config.apply_profile(cfg, args.profile)
     return cfg

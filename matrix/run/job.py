@@ -31,6 +31,7 @@ from matrix.results import table as results
 from matrix.run import procs, rundir
 from matrix.run.execute import FollowUp, Progress, record_outcome, run_batches
 from matrix.runners import Runner, accel
+from matrix.scenarios.catalogue import Catalogue
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def auto_jobs(config: Config) -> int:
 
 def start_run(run_dir: Path, batches: list[Batch], config: Config, argv: list[str]) -> None:
     rundir.check_writable(run_dir)
-    rundir.write_json(run_dir / "plan.json", plan.to_doc(batches, config.sweep.fixed))
+    doc = plan.to_doc(batches, config.sweep.fixed, config.catalogue, config.sweep.baseline)
+    rundir.write_json(run_dir / "plan.json", doc)
     rundir.write_json(run_dir / "manifest.json", manifest(run_dir, config, argv))
 
 
@@ -160,6 +162,11 @@ def execute(
     return stop.is_set()
 
 
+def run_scenarios(run_dir: Path) -> Catalogue:
+    """The scenarios a run was planned with, from its plan.json."""
+    return plan.scenarios_from(rundir.read_json(run_dir / "plan.json"))
+
+
 def follow_up(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> FollowUp:
     """After a batch: its cells whose verdict is not settled, as one more batch of that
     kernel; at most `t.remeasure_max` of them in a row, even when a re-measurement
@@ -169,7 +176,8 @@ def follow_up(run_dir: Path, t: Thresholds = DEFAULT_THRESHOLDS) -> FollowUp:
         if given >= t.remeasure_max:
             return None
         planned = Batch(done.kernel, tuple(replace(c, attempt=1) for c in done.cells))
-        again = remeasure.next_round([planned], rundir.cell_results(run_dir), t)
+        raw = rundir.cell_results(run_dir)
+        again = remeasure.next_round([planned], raw, t, run_scenarios(run_dir))
         return again[0] if again else None
 
     return next_batch
@@ -188,7 +196,8 @@ def remeasure_rounds(
     """With SSH hosts: measure again every cell whose verdict rests on a thin margin,
     one round (a boot per kernel) at a time, at most `t.remeasure_max` rounds."""
     for n in range(2, t.remeasure_max + 2):
-        again = remeasure.next_round(batches, rundir.cell_results(run_dir), t)
+        raw = rundir.cell_results(run_dir)
+        again = remeasure.next_round(batches, raw, t, run_scenarios(run_dir))
         if stop.is_set() or not again:
             return
         for b in again:
@@ -227,16 +236,16 @@ def check_runners(batches: list[Batch], runner_for: Any, failures: dict[str, str
             seen.add(r.name)
 
 
-def parse_sysctl_options(options: list[str]) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """--sysctl KEY=V1,V2 ... -> the swept sysctls."""
+def parse_sysctl_options(
+    options: list[str], flag: str = "--sysctl", example: str = "net.ipv4.tcp_tw_reuse=0,1"
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """--sysctl KEY=V1,V2 ... (or --param NAME=V1,V2) -> the swept values."""
     out = []
     for opt in options:
         key, sep, values = opt.partition("=")
         if not sep or not values:
             raise ConfigError(
-                "command line",
-                f"--sysctl {opt}",
-                "expected KEY=VALUE[,VALUE...], e.g. net.ipv4.tcp_tw_reuse=0,1",
+                "command line", f"{flag} {opt}", f"expected KEY=VALUE[,VALUE...], e.g. {example}"
             )
         out.append((key.strip(), tuple(v.strip() for v in values.split(","))))
     return tuple(out)

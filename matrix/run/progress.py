@@ -18,17 +18,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from matrix.classify.figures import key_figure
 from matrix.classify.remeasure import attempts_of, base_of, fold, wants_more
-from matrix.classify.rules import key_figure
 from matrix.collect import sanitize
 from matrix.model import Batch, KernelSpec
 from matrix.plan.cells import sysctl_label
+from matrix.scenarios.catalogue import Catalogue
 
 COLOURS = {
     "success": "green",
     "slowdown": "yellow",
     "hang": "red",
+    "fail": "red",
     "error": "magenta",
+    "skip": "cyan",
     "infra": "bright_black",
 }
 
@@ -67,6 +70,7 @@ class Display:
         )
         self.tasks: dict[str, Any] = {}
         self.labels: dict[str, str] = {}
+        self.scenarios: Catalogue | None = None
         self.seen: dict[str, dict[str, Any]] = {}
         """Every result shown so far, by attempt id: a verdict is folded over them."""
         self.lock = threading.Lock()
@@ -94,9 +98,15 @@ class Display:
                 self.progress.stop()
 
     def start(
-        self, run_dir: Path, batches: list[Batch], failures: dict[str, str], fixed: set[str]
+        self,
+        run_dir: Path,
+        batches: list[Batch],
+        failures: dict[str, str],
+        fixed: set[str],
+        scenarios: Catalogue | None = None,
     ) -> None:
         self.run_dir = run_dir
+        self.scenarios = scenarios
         self.note(f"run directory: {run_dir}")
         for name, why in failures.items():
             self.console.print(Text(f"{name}: not run: {clean(why)}", style="red"))
@@ -124,12 +134,13 @@ class Display:
         base = base_of(cell_id)
         with self.lock:
             self.seen[cell_id] = result
-            folded = fold(base, attempts_of(base, self.seen))
+            folded = fold(base, attempts_of(base, self.seen), scenarios=self.scenarios)
         c = folded.classified
         label = self.labels.get(base, str(result.get("scenario")))
         line = Text(f"{kernel:>8} {clean(label):<28} ")
         line.append(f"{c.verdict.value:<8}", style=COLOURS[c.verdict.value])
-        line.append(" " + clean(key_figure(str(result.get("scenario", "")), c)))
+        scenario = str(result.get("scenario", ""))
+        line.append(" " + clean(key_figure(scenario, c, self.scenarios)))
         if wants_more(folded):
             thin = next((a.thin for a in reversed(folded.attempts) if a.thin), ())
             line.append(" · thin margin: " + clean("; ".join(thin) or folded.confirmation))
@@ -178,6 +189,18 @@ class Display:
                 Text(r["verdict"], style=COLOURS[r["verdict"]]),
                 Text(clean(r["key_figure"])),
                 Text(clean(r["reason"])),
+            )
+        Console(highlight=False).print(t)
+
+    def scenarios_table(self, scenarios: Any) -> None:
+        """`kmatrix scenarios`: each with where it comes from and what it sweeps."""
+        t = Table("name", "from", "title", "reports", "parameters", "sysctl sweep", "default")
+        for s in scenarios:
+            params = " ".join(f"{k}={','.join(v)}" for k, v in s.params) or "-"
+            sweep = " ".join(f"{k.rsplit('.', 1)[-1]}={','.join(v)}" for k, v in s.sysctls)
+            t.add_row(
+                *(Text(clean(x)) for x in (s.name, s.origin, s.title, s.result, params, sweep)),
+                "yes" if s.default else "no",
             )
         Console(highlight=False).print(t)
 

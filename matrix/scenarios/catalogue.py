@@ -1,47 +1,84 @@
-"""The catalogue of scenarios and of the sysctls a sweep may set.
+"""The scenario catalogue: the built-in directory plus the user's, one Scenario per name.
 
-A scenario is a name, the puzzle that runs it and what it means; the collectors
-(`collectors/`) implement them. Only sysctls that are per network namespace are
-allowed: a cell writes them inside its own namespace, and a global one would leak
-into the machine it runs on.
+Built-in scenarios ship in the collectors' `scenarios/` folder (the four puzzles and the
+example workloads); `--scenario-dir DIR` and `scenario_dirs` in [settings] add more.
+Every subdirectory holding a scenario.toml is a scenario named after the subdirectory.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from matrix.errors import ConfigError
+from matrix.scenarios.manifest import Scenario, load
+
+
+def builtin_dir() -> Path:
+    """collectors/scenarios as installed (or in the checkout, for an editable install)."""
+    return Path(str(resources.files("matrix.collectors") / "scenarios"))
 
 
 @dataclass(frozen=True)
-class Scenario:
-    name: str
-    puzzle: int
-    title: str
+class Catalogue:
+    scenarios: tuple[Scenario, ...]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.scenarios)
+
+    def default_names(self) -> tuple[str, ...]:
+        """The scenarios a run measures when it names none."""
+        return tuple(s.name for s in self.scenarios if s.default)
+
+    def find(self, name: str) -> Scenario | None:
+        return next((s for s in self.scenarios if s.name == name), None)
+
+    def get(self, name: str, src: str = "--scenarios", key: str = "scenario") -> Scenario:
+        found = self.find(name)
+        if found is None:
+            raise ConfigError(
+                src, key, f"unknown scenario {name!r}; expected one of {', '.join(self.names())}"
+            )
+        return found
 
 
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s
-    for s in (
-        Scenario("1A", 1, "send() until EAGAIN"),
-        Scenario("1B", 1, "send() while poll() says POLLOUT"),
-        Scenario("2A", 2, "connect/accept loop, server closes first"),
-        Scenario("2B", 2, "connect/accept loop, client closes first"),
-    )
-}
-
-NAMESPACED_SYSCTLS: dict[str, str] = {
-    "net.ipv4.tcp_max_tw_buckets": "TIME-WAIT sockets kept before new ones are dropped",
-    "net.ipv4.tcp_tw_reuse": "reuse a TIME-WAIT port for outgoing connections (0, 1, 2=loopback)",
-    "net.ipv4.tcp_tw_reuse_delay": "ms a TIME-WAIT socket must age before reuse (6.13+)",
-    "net.ipv4.ip_local_port_range": "ephemeral ports connect() picks from",
-    "net.ipv4.tcp_timestamps": "TCP timestamps, which tw_reuse depends on",
-    "net.ipv4.tcp_fin_timeout": "FIN-WAIT-2 timeout",
-    "net.ipv4.tcp_wmem": "min/default/max send buffer",
-    "net.ipv4.tcp_rmem": "min/default/max receive buffer",
-    "net.ipv4.tcp_notsent_lowat": "unsent bytes above which POLLOUT is withheld",
-    "net.ipv4.tcp_autocorking": "coalesce small writes",
-}
-"""Sysctls a sweep may set: each is per network namespace on kernels 4.15 and later."""
+def scan(directory: Path, origin: str) -> list[Scenario]:
+    """Every NAME/scenario.toml directly under `directory`, in name order."""
+    if not directory.is_dir():
+        raise ConfigError(str(directory), "(directory)", "not a directory of scenarios")
+    return [load(d, origin) for d in sorted(directory.iterdir()) if (d / "scenario.toml").is_file()]
 
 
-def scenario_names() -> tuple[str, ...]:
-    return tuple(SCENARIOS)
+def load_catalogue(extra: Sequence[Path] = ()) -> Catalogue:
+    """The built-in scenarios, then each extra directory's; a name may be defined once."""
+    found: dict[str, Scenario] = {s.name: s for s in builtin().scenarios}
+    for directory in extra:
+        for s in scan(Path(directory).expanduser(), str(Path(directory).expanduser())):
+            if s.name in found:
+                raise ConfigError(
+                    str(s.directory / "scenario.toml"),
+                    "(directory)",
+                    f"scenario {s.name!r} is already defined by {found[s.name].directory}; "
+                    "expected a name of its own",
+                )
+            found[s.name] = s
+    return Catalogue(tuple(found.values()))
+
+
+@functools.cache
+def builtin() -> Catalogue:
+    """The shipped scenarios (read once per process)."""
+    return Catalogue(tuple(scan(builtin_dir(), "built-in")))
+
+
+def __getattr__(name: str):  # transitional: the old constant names
+    if name == "SCENARIOS":
+        return {s.name: s for s in builtin().scenarios}
+    if name == "NAMESPACED_SYSCTLS":
+        from matrix.scenarios.sysctls import KNOWN
+
+        return KNOWN
+    raise AttributeError(name)

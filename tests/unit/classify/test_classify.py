@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from matrix.classify.rules import Thresholds, classify, key_figure, rules
+from matrix.classify.figures import key_figure
+from matrix.classify.rules import Thresholds, classify, rules
 from matrix.model import Verdict
 
 
@@ -130,7 +131,7 @@ def test_sysctl_problems_are_errors_naming_the_key() -> None:
         None,
         {},
         {"status": "timeout", "status_detail": "killed"},
-        {"status": "crashed", "status_detail": "signal 9"},
+        {"status": "no_result", "status_detail": "no result.json"},
     ],
 )
 def test_no_measurement_is_infra(doc: dict | None) -> None:
@@ -248,3 +249,8 @@ def test_a_steady_7x_crawl_stands_and_a_noisy_one_is_measured_again() -> None:
     c = classify(noisy)
     assert c.verdict is Verdict.SLOWDOWN and c.metrics["rate_cv"] > 0.1
     assert thin_reasons(noisy, c), c.metrics
+
+
+def test_a_crashed_program_is_an_error_not_a_missing_result() -> None:
+    c = classify({"status": "crashed", "status_detail": "killed by signal 11 (SIGSEGV)"})
+    assert c.verdict is Verdict.ERROR and "SIGSEGV" in c.reason

@@ -64,9 +64,9 @@ def test_packaged_default_is_valid() -> None:
     [
         (('scenarios = ["2B"]', 'scenarios = ["9Z"]'), "sweep.scenarios", "unknown scenario '9Z'"),
         (
-            ('"net.ipv4.tcp_tw_reuse"', '"net.core.wmem_max"'),
-            "sweep.sysctls.net.core.wmem_max",
-            "not a known per-namespace sysctl",
+            ('"net.ipv4.tcp_tw_reuse"', '"net/ipv4/../../kernel/x"'),
+            "sweep.sysctls.net/ipv4/../../kernel/x",
+            "not a sysctl name",
         ),
         (('suite = "bookworm"\n', ""), "kernel[1] (6.1).suite", "missing"),
         (('source = "path"', 'source = "usb"'), "kernel[2] (mine).source", "expected one of"),
