@@ -156,6 +156,8 @@ def classify(
         return Classified(Verdict.INFRA, f"collector timeout: {detail}")
     if status == "no_result":
         return Classified(Verdict.INFRA, f"missing result: {detail}")
+    if status == "rejected":
+        return Classified(Verdict.INFRA, f"result rejected: {detail}")
     if status == "crashed":
         return Classified(Verdict.ERROR, f"program crashed: {detail}")
     if status == "setup_failed":

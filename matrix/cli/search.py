@@ -18,11 +18,10 @@ from matrix.model import Batch, Limits
 from matrix.plan.config import Config
 from matrix.run import factory, job, rundir
 from matrix.run.rounds import Rounds
-from matrix.scenarios.catalogue import NAMESPACED_SYSCTLS, SCENARIOS
+from matrix.scenarios.manifest import SYSCTL
 from matrix.search import bisect
 from matrix.search import threshold as th
 from matrix.search.threshold_run import (
-    DEFAULT_FIXED,
     Search,
     parse_range,
     run_search,
@@ -53,7 +52,19 @@ def add_parsers(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="2B", choices=sorted(SCENARIOS))
+    p.add_argument(
+        "--scenario",
+        default="2B",
+        help="the scenario probed (default 2B; see `kmatrix scenarios`)",
+    )
+    p.add_argument(
+        "--scenario-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a directory of scenarios besides the built-in ones; repeatable",
+    )
     p.add_argument("--trials", type=int, default=1, help="per probe; the majority decides")
     p.add_argument(
         "--window",
@@ -79,14 +90,22 @@ def _limits(cfg: Config, args: argparse.Namespace) -> Limits:
 
 
 def _pairs(options: list[str], flag: str) -> dict[str, str]:
-    """KEY=VALUE options; each key must be a per-namespace sysctl (see scenarios.py)."""
+    """KEY=VALUE options; each key a sysctl name (where it may be set is checked at plan)."""
     out = {}
     for opt in options:
         key, sep, value = opt.partition("=")
-        if not sep or key.strip() not in NAMESPACED_SYSCTLS:
-            raise ConfigError("command line", f"{flag} {opt}", "expected NAMESPACED_KEY=VALUE")
+        if not sep or not SYSCTL.fullmatch(key.strip()):
+            raise ConfigError("command line", f"{flag} {opt}", "expected SYSCTL_KEY=VALUE")
         out[key.strip()] = value.strip()
     return out
+
+
+def _held(cfg: Config, scenario: str) -> dict[str, str]:
+    """The sweep's fixed sysctls plus what the scenario's manifest holds fixed in a search."""
+    fixed = dict(cfg.sweep.fixed)
+    own = cfg.catalogue.get(scenario, "command line", "--scenario").search_fixed
+    fixed.update({k: v for k, v in own if k not in fixed})
+    return fixed
 
 
 def _setup(args: argparse.Namespace) -> tuple[Config, Catalog, Path]:
@@ -103,13 +122,13 @@ def _setup(args: argparse.Namespace) -> tuple[Config, Catalog, Path]:
 
 def _search(cfg: Config, args: argparse.Namespace) -> Search:
     key = args.sysctl
-    if key not in NAMESPACED_SYSCTLS:
-        raise ConfigError("command line", f"--sysctl {key}", "not a per-namespace sysctl")
+    if not SYSCTL.fullmatch(key):
+        expected = "not a sysctl name; expected dotted words like net.ipv4.tcp_max_tw_buckets"
+        raise ConfigError("command line", f"--sysctl {key}", expected)
     lo, hi = args.range
     if problem := th.check_range(key, lo, hi):
         raise ConfigError("command line", f"--range {lo}:{hi}", problem)
-    fixed = dict(cfg.sweep.fixed)
-    fixed.update({k: v for k, v in DEFAULT_FIXED.get(args.scenario, {}).items() if k not in fixed})
+    fixed = _held(cfg, args.scenario)
     fixed.update(_pairs(args.fixed, "--fixed"))
     fixed.pop(key, None)
     resolution = args.resolution or max(1, (hi - lo) // 100)
@@ -159,8 +178,7 @@ def cmd_bisect(args: argparse.Namespace, argv: list[str]) -> int:
     if args.list:
         return 0
     limits = _limits(cfg, args)
-    fixed = dict(cfg.sweep.fixed)
-    fixed.update({k: v for k, v in DEFAULT_FIXED.get(args.scenario, {}).items() if k not in fixed})
+    fixed = _held(cfg, args.scenario)
     fixed.update(_pairs(args.sysctl, "--sysctl"))
     bis = bisect.Bisection(builds, args.scenario, tuple(fixed.items()), max(1, args.trials), limits)
     runner_for = factory.runner_factory(cfg)

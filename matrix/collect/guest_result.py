@@ -30,8 +30,8 @@ Check = Callable[[Any, str], str]
 
 
 def stand_in(cell_id: str, detail: str) -> dict[str, Any]:
-    """What replaces a result that cannot be used: a crashed collector, with the reason."""
-    return {"cell_id": cell_id, "status": "crashed", "status_detail": detail}
+    """What replaces a result that cannot be used: a rejected one, with the reason."""
+    return {"cell_id": cell_id, "status": "rejected", "status_detail": detail}
 
 
 def vet(doc: Any, cell_id: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from matrix.plan import cells as plan
 from matrix.plan.config import Config
 from matrix.run import job, rundir
 from matrix.run.execute import run_batches
+from matrix.scenarios.catalogue import Catalogue, builtin
+from matrix.scenarios.sysctls import check_host_cells
 
 
 def print_progress(kernel: str, event: str, result: dict[str, Any] | None) -> None:
@@ -80,7 +82,8 @@ class Rounds:
         out = {}
         for c in cells:
             failure = (outcomes.get(c.kernel) or {}).get("failure") or "no result"
-            out[c.id] = classify(raw.get(c.id), failure).verdict.value
+            found = classify(raw.get(c.id), failure, scenarios=self.config.catalogue)
+            out[c.id] = found.verdict.value
         return out
 
     def batch_failure(self, kernel: str) -> str:
@@ -95,7 +98,8 @@ class Rounds:
 
     def _write_plan(self) -> None:
         fixed = tuple((k, "") for k in self.fixed_keys)
-        rundir.write_json(self.run_dir / "plan.json", plan.to_doc(self._batches(), fixed))
+        doc = plan.to_doc(self._batches(), fixed, self.config.catalogue)
+        rundir.write_json(self.run_dir / "plan.json", doc)
 
 
 def make_cell(
@@ -104,5 +108,12 @@ def make_cell(
     sysctls: tuple[tuple[str, str], ...],
     trial: int,
     limits: Limits,
+    cat: Catalogue | None = None,
 ) -> Cell:
-    return Cell(kernel.spec.name, scenario, sysctls, trial, limits, kernel.identity)
+    """One probe cell, with its scenario's program (and its host-safety check)."""
+    if kernel.spec.kind == "host":
+        check_host_cells("command line", kernel.spec.name, {k for k, _ in sysctls})
+    program = plan.program((cat or builtin()).get(scenario, "command line", "--scenario"))
+    return Cell(
+        kernel.spec.name, scenario, sysctls, trial, limits, kernel.identity, program=program
+    )

@@ -313,8 +313,8 @@ def _parse(data: bytes) -> dict[str, Any]:
     try:
         doc = guest_files.parse_json(data)
     except ValueError as e:
-        return {"status": "crashed", "status_detail": f"malformed result JSON: {e}"}
-    return doc if isinstance(doc, dict) else {"status": "crashed", "status_detail": "not an object"}
+        return {"status": "rejected", "status_detail": f"malformed result JSON: {e}"}
+    return doc if isinstance(doc, dict) else {"status": "rejected", "status_detail": "not an object"}
 
 
 def machines(

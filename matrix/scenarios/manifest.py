@@ -116,6 +116,8 @@ class RatioSpec:
     slack: float = 0.05
     expect_text: str = ""
     context_metric: str | None = None
+    columns: tuple[str, ...] = ()
+    """Further metrics shown side by side ("a / b") in the pair's table."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,11 @@ class ReportSpec:
     """A series field to plot over time (a counter is plotted as its rate)."""
     counter_unit: str = ""
     """What one count of the counter is, for figures like "6,303 conns"."""
+    section: str = ""
+    """The matrix page's section this scenario is shown in (scenarios sharing a title
+    share a section); empty: a section of its own, titled by its name and title."""
+    section_note: str = ""
+    """A line under the section's title: what a cell shows."""
 
 
 @dataclass(frozen=True)
@@ -387,7 +394,16 @@ def _rules(src: str, v: Any, known: set[str]) -> tuple[Rule, ...]:
 
 
 def _report(src: str, t: dict[str, Any]) -> ReportSpec:
-    allowed = {"key", "success", "context", "ratio", "plot", "counter_unit"}
+    allowed = {
+        "key",
+        "success",
+        "context",
+        "ratio",
+        "plot",
+        "counter_unit",
+        "section",
+        "section_note",
+    }
     s = _Table(src, "report", t, allowed)
     ratio = None
     if "ratio" in t:
@@ -395,7 +411,7 @@ def _report(src: str, t: dict[str, Any]) -> ReportSpec:
             src,
             "report.ratio",
             tc.table(src, "report.ratio", t["ratio"]),
-            {"of", "metric", "expect", "slack", "expect_text", "context_metric"},
+            {"of", "metric", "expect", "slack", "expect_text", "context_metric", "columns"},
         )
         ratio = RatioSpec(
             of=r.string("of", required=True),
@@ -404,6 +420,11 @@ def _report(src: str, t: dict[str, Any]) -> ReportSpec:
             slack=r.number("slack", 0.05, zero=True),
             expect_text=r.string("expect_text", ""),
             context_metric=r.string("context_metric"),
+            columns=(
+                tc.string_list(src, "report.ratio.columns", r.t["columns"])
+                if "columns" in r.t
+                else ()
+            ),
         )
     return ReportSpec(
         key=s.string("key"),
@@ -412,6 +433,8 @@ def _report(src: str, t: dict[str, Any]) -> ReportSpec:
         ratio=ratio,
         plot=s.string("plot"),
         counter_unit=s.string("counter_unit", ""),
+        section=s.string("section", ""),
+        section_note=s.string("section_note", ""),
     )
 
 
@@ -464,7 +487,11 @@ def _doc(s: Scenario) -> dict[str, Any]:
         ]
     rep = {k: v for k, v in vars(s.report).items() if v not in (None, "") and k != "ratio"}
     if s.report.ratio:
-        rep["ratio"] = {k: v for k, v in vars(s.report.ratio).items() if v not in (None, "")}
+        rep["ratio"] = {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in vars(s.report.ratio).items()
+            if v not in (None, "", ())
+        }
     if rep:
         doc["report"] = rep
     if s.search_fixed:

@@ -140,7 +140,10 @@ def measure(bis: Bisection, index: int, rounds: Rounds, catalog: Catalog) -> Non
         bis.steps.append(step)
         return
     rounds.add_kernel(kernel)
-    cells = [make_cell(kernel, bis.scenario, bis.sysctls, t, bis.limits) for t in range(bis.trials)]
+    cat = rounds.config.catalogue
+    cells = [
+        make_cell(kernel, bis.scenario, bis.sysctls, t, bis.limits, cat) for t in range(bis.trials)
+    ]
     verdicts = rounds.run({kernel.spec.name: cells})
     probe = th.Probe(index, tuple(verdicts[c.id] for c in cells))
     step.update(

@@ -18,11 +18,10 @@ from typing import Any
 from matrix.model import Cell, Limits, ResolvedKernel
 from matrix.run import rundir
 from matrix.run.rounds import Rounds, make_cell
+from matrix.scenarios.catalogue import Catalogue
 from matrix.search import threshold as th
 
 DOC = "threshold.json"
-DEFAULT_FIXED = {"2A": {"net.ipv4.tcp_tw_reuse": "0"}, "2B": {"net.ipv4.tcp_tw_reuse": "0"}}
-"""The seed's setting: a new namespace starts with tcp_tw_reuse=2 (loopback reuse)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,11 @@ class Search:
     fixed: tuple[tuple[str, str], ...] = ()
     limits: Limits = Limits()
 
-    def cells(self, kernel: ResolvedKernel, value: int) -> list[Cell]:
+    def cells(self, kernel: ResolvedKernel, value: int, cat: Catalogue | None = None) -> list[Cell]:
         sysctls = ((self.key, th.sysctl_value(self.key, value)), *self.fixed)
         return [
-            make_cell(kernel, self.scenario, sysctls, t, self.limits) for t in range(self.trials)
+            make_cell(kernel, self.scenario, sysctls, t, self.limits, cat)
+            for t in range(self.trials)
         ]
 
 
@@ -84,7 +84,10 @@ def run_search(search: Search, rounds: Rounds) -> dict[str, KernelSearch]:
         todo = {k: v for k, v in todo.items() if v}
         if not todo or rounds.stop.is_set():
             break
-        planned = {k: {v: search.cells(rounds.kernels[k], v) for v in vs} for k, vs in todo.items()}
+        cat = rounds.config.catalogue
+        planned = {
+            k: {v: search.cells(rounds.kernels[k], v, cat) for v in vs} for k, vs in todo.items()
+        }
         verdicts = rounds.run({k: [c for cs in p.values() for c in cs] for k, p in planned.items()})
         for name, by_value in planned.items():
             todo[name] = _absorb(search, rounds, state[name], n, by_value, verdicts)

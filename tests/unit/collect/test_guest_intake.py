@@ -52,7 +52,7 @@ def collect(out: Path, ids: list[str], fifos: tuple[Path, ...] = ()) -> ResultCo
 
 def detail(collector: ResultCollector, cid: str) -> str:
     doc = collector.results[cid]
-    assert doc["status"] == "crashed" and cid in collector.malformed
+    assert doc["status"] == "rejected" and cid in collector.malformed
     return doc["status_detail"]
 
 

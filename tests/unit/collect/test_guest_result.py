@@ -96,7 +96,7 @@ def test_a_wrong_shape_is_named(doc: Any, why: str) -> None:
     stand_in = guest_result.vet(doc, "c1")
     assert stand_in == {
         "cell_id": "c1",
-        "status": "crashed",
+        "status": "rejected",
         "status_detail": f"malformed result: {guest_result.problem(doc)}",
     }
     assert guest_result.problem(stand_in) == ""

@@ -125,7 +125,7 @@ def test_collector_waits_for_half_written_files_until_final(tmp_path: Path) -> N
     assert seen == ["a"] and collector.missing() == ["b", "c"]
     collector.poll(final=True)
     assert seen == ["a", "b"] and collector.malformed == ["b"]
-    assert collector.results["b"]["status"] == "crashed"
+    assert collector.results["b"]["status"] == "rejected"
     assert "malformed result JSON" in collector.results["b"]["status_detail"]
     assert collector.missing() == ["c"]
 

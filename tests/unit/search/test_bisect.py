@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,6 +13,7 @@ from matrix.kernels import apt_sources
 from matrix.kernels.apt_sources import DebFile, SuiteIndex
 from matrix.kernels.catalog import Resolution
 from matrix.model import Cell, DebianSource, KernelSpec, Limits, ResolvedKernel
+from matrix.scenarios.catalogue import builtin
 from matrix.search import bisect
 
 FAMILY = KernelSpec("6.1", DebianSource("bookworm", "linux-image-6.1.0-*-amd64-unsigned"))
@@ -83,6 +85,7 @@ class FakeRounds:
     """Verdict by version: builds from 6.1.50 on crawl."""
 
     run_dir: Path
+    config: object = field(default_factory=lambda: SimpleNamespace(catalogue=builtin()))
     stop: object = field(default_factory=lambda: type("S", (), {"is_set": lambda self: False})())
 
     def add_kernel(self, kernel: ResolvedKernel) -> None:

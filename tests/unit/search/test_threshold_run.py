@@ -6,8 +6,10 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from matrix.model import Cell, HostSource, KernelSpec, ResolvedKernel
+from matrix.scenarios.catalogue import builtin
 from matrix.search.threshold_run import Search, run_search, summary_lines
 
 KEY = "net.ipv4.tcp_max_tw_buckets"
@@ -19,6 +21,7 @@ class FakeRounds:
 
     run_dir: Path
     kernels: dict[str, ResolvedKernel]
+    config: object = field(default_factory=lambda: SimpleNamespace(catalogue=builtin()))
     stop: threading.Event = field(default_factory=threading.Event)
     batches: int = 0
 
