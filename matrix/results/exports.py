@@ -21,7 +21,8 @@ from matrix.results.table import json_lines
 __all__ = ["FORMATS", "jsonl", "junit_xml", "xml_text"]
 
 FORMATS = ("junit", "jsonl")
-FAILING = frozenset({"hang", "error"})
+FAILING = frozenset({"hang", "fail", "error"})
+SKIPPED = frozenset({"infra", "skip"})
 
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 """Everything outside XML 1.0's Char production: a parser rejects the whole file on one."""
@@ -35,9 +36,10 @@ def xml_text(value: Any) -> str:
 
 
 def case_name(row: Mapping[str, Any]) -> str:
-    """`<scenario> <sysctl_label> trial N`, the cell as a person names it."""
+    """`<scenario> <sysctl_label> [params] trial N`, the cell as a person names it."""
     label = row.get("sysctl_label") or "defaults"
-    return f"{row['scenario']} {label} trial {row['trial']}"
+    params = " ".join(f"{k}={v}" for k, v in sorted((row.get("params") or {}).items()))
+    return f"{row['scenario']} {label}{' ' + params if params else ''} trial {row['trial']}"
 
 
 def _system_out(row: Mapping[str, Any]) -> str:
@@ -67,8 +69,14 @@ def _testcase(suite: ET.Element, row: Mapping[str, Any]) -> str:
     if verdict in FAILING:
         failure = ET.SubElement(case, "failure", message=reason, type=verdict)
         failure.text = xml_text(f"{verdict}: {row.get('key_figure') or ''}\n{row.get('reason')}")
-    elif verdict == "infra":
-        ET.SubElement(case, "skipped", message=f"infra: {reason}")
+    elif verdict in SKIPPED:
+        ET.SubElement(case, "skipped", message=f"{verdict}: {reason}")
+    props = ET.SubElement(case, "properties")
+    for name, value in sorted((row.get("metrics") or {}).items()):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            ET.SubElement(props, "property", name=xml_text(name), value=xml_text(value))
+    if not len(props):
+        case.remove(props)
     ET.SubElement(case, "system-out").text = _system_out(row)
     return verdict
 
@@ -98,7 +106,7 @@ def junit_xml(rows: Iterable[Mapping[str, Any]], run_id: str) -> str:
         counts = {
             "tests": len(verdicts),
             "failures": sum(v in FAILING for v in verdicts),
-            "skipped": verdicts.count("infra"),
+            "skipped": sum(v in SKIPPED for v in verdicts),
         }
         for key, n in counts.items():
             suite.set(key, str(n))

@@ -91,7 +91,12 @@ class RunDiff:
 
 
 def cell_key(row: dict[str, Any]) -> CellKey:
-    sysctls = json.dumps(row.get("sysctls") or {}, sort_keys=True, default=str)
+    """A cell across runs: kernel, scenario, its sysctls and parameters, trial."""
+    setting = dict(row.get("sysctls") or {})
+    params = row.get("params")
+    if isinstance(params, dict) and params:
+        setting["params"] = params
+    sysctls = json.dumps(setting, sort_keys=True, default=str)
     return (str(row["kernel"]), str(row["scenario"]), sysctls, int(row["trial"]))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from matrix.collect import guest_files, guest_result
-from matrix.model import Batch, Limits
+from matrix.model import Batch, Cell
 from matrix.runners import OnResult
 
 AGENT_SLACK_S = 30.0
@@ -36,20 +36,27 @@ def prepare(batch: Batch, workdir: Path) -> tuple[Path, Path]:
     return cells, out
 
 
-def cell_budget_s(limits: Limits, slack_s: float = AGENT_SLACK_S) -> float:
-    return limits.window_s + limits.stall_s + slack_s
+def cell_budget_s(cell: Cell, slack_s: float = AGENT_SLACK_S) -> float:
+    """The program's own deadline (its manifest's timeout, or its window and a stall)
+    plus the agent's allowance."""
+    return cell.deadline_s + slack_s
 
 
 def batch_budget_s(batch: Batch, slack_s: float = AGENT_SLACK_S) -> float:
-    return sum(cell_budget_s(c.limits, slack_s) for c in batch.cells)
+    return sum(cell_budget_s(c, slack_s) for c in batch.cells)
 
 
-def agent_argv(workdir: Path, python: str, agent: Path | None = None) -> list[str]:
+def agent_argv(
+    workdir: Path, python: str, agent: Path | None = None, net_only: bool = False
+) -> list[str]:
     """The agent's command line for a batch prepared in `workdir`; `agent` replaces the
-    real one (tests use it to play a guest that crashes, lies or never answers)."""
+    real one (tests use it to play a guest that crashes, lies or never answers).
+    `net_only` for a machine that is kept: the agent then refuses any cell that would
+    write a sysctl outside net.*."""
     out = workdir / "out"
     script = str(agent or agent_path())
-    return [python, script, "--cells", str(workdir / "cells.json"), "--out", str(out)]
+    argv = [python, script, "--cells", str(workdir / "cells.json"), "--out", str(out)]
+    return argv + (["--net-only"] if net_only else [])
 
 
 class ResultCollector:

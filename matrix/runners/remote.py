@@ -27,7 +27,7 @@ from fabric import Connection
 
 from matrix.collect import guest_files, guest_result, sanitize
 from matrix.errors import HostLost, PrerequisiteError
-from matrix.model import Batch, BatchOutcome, ResolvedKernel
+from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
 from matrix.plan import cells as plan
 from matrix.plan.hosts import HostSpec
 from matrix.run.schedule import Machine
@@ -150,12 +150,22 @@ class RemoteRunner:
         code, out = sh(c, cmd)
         if code != 0:
             raise PrerequisiteError(f"{self.host.name}: cannot unpack the package: {out}")
-        cells = {"cells": [cell.to_agent() for cell in batch.cells]}
+        moved = self._ship_scenarios(c, batch, base)
+        cells = {"cells": [cell.to_agent() for cell in moved]}
         put_bytes(c, json.dumps(cells, indent=1).encode(), f"{base}/cells.json")
         if vm:
             kernel = place_kernel(c, batch.kernel, kernels, self._sudo or "", self.host.python)
-            doc = {"plan": plan.to_doc([Batch(kernel, batch.cells)], ()), "vng": self.vm or {}}
+            doc = {"plan": plan.to_doc([Batch(kernel, moved)], ()), "vng": self.vm or {}}
             put_bytes(c, json.dumps(doc, indent=1).encode(), f"{base}/batch.json")
+
+    def _ship_scenarios(self, c: Connection, batch: Batch, base: str) -> tuple[Cell, ...]:
+        """Copy the folders holding the batch's scenarios (a scenario may use its
+        siblings, as 1A uses ../puzzle1.py) to base/scenarios/N; the cells, pointed there."""
+        roots = scenario_roots(batch.cells)
+        for local, n in roots.items():
+            _check_size(local)
+            stream_tree(c, [(local, ".")], f"{base}/scenarios/{n}", "")
+        return tuple(relocate(cell, roots, f"{base}/scenarios") for cell in batch.cells)
 
     def _launch(self, c: Connection, base: str, vm: bool) -> Any:
         """Start the batch on a channel of its own, under GUARD (which stops it when the
@@ -165,7 +175,7 @@ class RemoteRunner:
             cwd, argv = f"{base}/pkg", [py, "-m", "matrix.runners.remote_batch", base]
         else:
             agent = f"{base}/pkg/matrix/collectors/agent.py"
-            cwd, argv = base, [py, agent, "--cells", "cells.json", "--out", "out"]
+            cwd, argv = base, [py, agent, "--cells", "cells.json", "--out", "out", "--net-only"]
         cmd = f"exec {self._sudo}" + shlex.join([py, "-c", GUARD, guard_spec(base, cwd, argv)])
         try:
             chan = c.client.get_transport().open_session()
@@ -314,7 +324,9 @@ def _parse(data: bytes) -> dict[str, Any]:
         doc = guest_files.parse_json(data)
     except ValueError as e:
         return {"status": "rejected", "status_detail": f"malformed result JSON: {e}"}
-    return doc if isinstance(doc, dict) else {"status": "rejected", "status_detail": "not an object"}
+    return (
+        doc if isinstance(doc, dict) else {"status": "rejected", "status_detail": "not an object"}
+    )
 
 
 def machines(
@@ -341,3 +353,34 @@ def machines(
         runner.check()
         out.append(Machine(h.name, h.capacity, lambda _b, r=runner: r))
     return out
+
+
+SCENARIO_TREE_MAX_BYTES = 64 << 20
+"""A scenario folder is a program and its data, not a file store: past this it is refused."""
+
+
+def scenario_roots(cells: tuple[Cell, ...]) -> dict[Path, int]:
+    """The distinct folders the cells' scenario directories sit in, numbered."""
+    roots: dict[Path, int] = {}
+    for cell in cells:
+        if cell.program:
+            roots.setdefault(Path(cell.program.directory).parent, len(roots))
+    return roots
+
+
+def relocate(cell: Cell, roots: dict[Path, int], remote: str) -> Cell:
+    """The cell with its scenario directory as the remote host will have it."""
+    if not cell.program:
+        return cell
+    here = Path(cell.program.directory)
+    there = f"{remote}/{roots[here.parent]}/{here.name}"
+    return replace(cell, program=replace(cell.program, directory=there))
+
+
+def _check_size(root: Path) -> None:
+    total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    if total > SCENARIO_TREE_MAX_BYTES:
+        raise PrerequisiteError(
+            f"{root}: {total:,} bytes of scenarios to copy to a remote host; "
+            f"expected at most {SCENARIO_TREE_MAX_BYTES:,} (keep large data out of it)"
+        )

@@ -85,7 +85,7 @@ def batch_deadline_s(
     cells: Sequence[Cell], boot_timeout_s: float, extra_per_cell_s: float
 ) -> float:
     """Boot, then each cell's own bound plus slack for a guest ~15x slower under TCG."""
-    return boot_timeout_s + sum(cell_budget_s(c.limits, extra_per_cell_s) for c in cells)
+    return boot_timeout_s + sum(cell_budget_s(c, extra_per_cell_s) for c in cells)
 
 
 AGENT_START = re.compile(r"KMATRIX-AGENT-START\s+\S+")

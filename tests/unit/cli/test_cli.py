@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,36 @@ def test_results_of_a_directory_that_is_not_a_run(
     code, err = run(["results", str(tmp_path)], capsys)
     assert code == 2
     assert "manifest.json: not found" in one_line_error(err)
+
+
+def test_scenarios_lists_where_each_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "mine" / "probe"
+    d.mkdir(parents=True)
+    (d / "scenario.toml").write_text(
+        'title = "my probe"\ncommand = ["true"]\ntimeout_s = 5\n[params]\nsize = [1, 2]\n'
+    )
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG)
+    assert (
+        cli.main(["--config", str(cfg), "scenarios", "--json", "--scenario-dir", str(d.parent)])
+        == 0
+    )
+    docs = {doc["name"]: doc for doc in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert docs["probe"]["origin"] == str(d.parent) and docs["2B"]["origin"] == "built-in"
+    assert docs["probe"]["manifest"]["params"] == {"size": ["1", "2"]}
+
+
+def test_a_malformed_manifest_is_one_line_naming_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "mine" / "probe"
+    d.mkdir(parents=True)
+    (d / "scenario.toml").write_text('title = "p"\ncommand = "true"\ntimeout_s = 5\n')
+    cfg = tmp_path / "kernels.toml"
+    cfg.write_text(CONFIG + f'[settings]\nscenario_dirs = ["{d.parent}"]\n')
+    code, err = run(["--config", str(cfg), "scenarios"], capsys)
+    assert code == 2
+    line = one_line_error(err)
+    assert str(d / "scenario.toml") in line and ": command: " in line and "list of strings" in line
