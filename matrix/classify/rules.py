@@ -331,8 +331,10 @@ def _success_text(spec: Scenario, result: dict[str, Any], m: dict[str, Any]) -> 
     cases = result.get("testcases") or []
     if cases:
         return f"{m.get('testcases_passed', 0)} of {len(cases)} test cases passed"
+    if str(result.get("status_detail") or "").strip():
+        return detail_of(result)
     code = (result.get("program") or {}).get("exit_code")
-    return f"exit status {code}" if code is not None else detail_of(result)
+    return f"exit status {code}" if code is not None else "no detail"
 
 
 def _short_of_goal(result: dict[str, Any], m: dict[str, Any], rule: SeriesRateRule) -> str:

@@ -15,9 +15,9 @@ by hand (no KMATRIX_RESULT_DIR) it prints the same document on stdout:
 Exit status, by kselftest's convention:
   0  measured, whatever the throughput (judging it is the host's job);
   2  the workload did not complete: a bad parameter, a server that never listened, an
-     error iperf3 reported (it exits 0 even then, so its JSON is what counts), output
-     that is not iperf3's JSON, or a client that overran; result.json has an `error`
-     naming the phase;
+     error iperf3 reported (3.12 with -J exits 0 even then, so its JSON is what
+     counts), output that is not iperf3's JSON, or a client that overran; result.json
+     has an `error` naming the phase;
   4  skipped: iperf3 is not installed. That says nothing about the kernel under test, so
      it is neither a pass nor the kernel's error; kselftest's own net tests skip the same
      way when a tool they need is missing. The reason is in status_detail and on stderr,
@@ -92,7 +92,8 @@ def listening(port: int) -> bool:
     """Whether a socket listens on HOST:port, from /proc/net/tcp (this namespace's).
 
     Not by connecting: a probe connection would be the one-off server's only test."""
-    addr = "%08X:%04X" % (struct.unpack("=I", socket.inet_aton(HOST))[0], port)
+    ip = struct.unpack("=I", socket.inet_aton(HOST))[0]  # as the kernel prints it: %08X of a __be32
+    addr = f"{ip:08X}:{port:04X}"
     try:
         with open("/proc/net/tcp") as f:
             for line in f:
@@ -200,18 +201,24 @@ def detail(metrics: dict[str, Any], congestion: dict[str, Any]) -> str:
 
 
 def measure(duration: int, streams: int, scratch: str | None) -> dict[str, Any]:
-    """Run the server and the client; the summary of the client's JSON."""
+    """Run the server and the client; the summary of the client's JSON.
+
+    Each iperf3 end keeps its buffer in a file it creates under $TMPDIR (else /tmp);
+    under kmatrix that is the cell's result directory, writable even in a guest whose
+    root is read-only."""
     port = free_port()
+    env = dict(os.environ, TMPDIR=scratch) if scratch else None
     with tempfile.TemporaryFile("w+", dir=scratch) as log:
         server = subprocess.Popen(
             [IPERF3, "-s", "-1", "-B", HOST, "-p", str(port)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             wait_listening(server, port, log)
-            client = run_client(port, duration, streams)
+            client = run_client(port, duration, streams, env)
         finally:
             try:
                 server.wait(SERVER_EXIT_WAIT_S)
@@ -249,17 +256,26 @@ def wait_listening(server: subprocess.Popen, port: int, log: IO[str]) -> None:
             )
         if time.monotonic() > deadline:
             raise Failure(
-                "server", "server_not_listening", f"iperf3 -s not listening after {LISTEN_WAIT_S:.0f} s"
+                "server",
+                "server_not_listening",
+                f"iperf3 -s not listening after {LISTEN_WAIT_S:.0f} s",
             )
         time.sleep(0.02)
 
 
-def run_client(port: int, duration: int, streams: int) -> subprocess.CompletedProcess:
+def run_client(
+    port: int, duration: int, streams: int, env: dict[str, str] | None
+) -> subprocess.CompletedProcess:
     argv = [IPERF3, "-c", HOST, "-p", str(port), "-J", "-t", str(duration), "-P", str(streams)]
     limit = duration + CLIENT_SLACK_S
     try:
         return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=limit
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=limit,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise Failure(
