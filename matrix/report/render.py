@@ -23,17 +23,21 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from matrix.classify.figures import shown
 from matrix.collect import sanitize
+from matrix.model import Verdict
+from matrix.plan import cells
 from matrix.report import explain
-from matrix.report.plots import RatePlotter
+from matrix.report.plots import RATE_COLOUR, TW_COLOUR, SeriesPlotter, traces
 from matrix.report.threshold import is_threshold_run, render_threshold
 from matrix.results.table import RunData, records
 from matrix.run import rundir
-from matrix.scenarios.catalogue import SCENARIOS
+from matrix.scenarios.catalogue import Catalogue
+from matrix.scenarios.manifest import MetricSpec, RatioSpec, Scenario
 
-VERDICTS = ("success", "slowdown", "hang", "error", "infra")
-_SEVERITY = {"infra": 0, "success": 1, "slowdown": 2, "error": 3, "hang": 4}
-PUZZLE1 = ("1A", "1B")
+VERDICTS = tuple(v.value for v in Verdict)
+_SEVERITY = {"infra": 0, "skip": 1, "success": 2, "slowdown": 3, "fail": 4, "error": 5, "hang": 6}
+"""For a folded cell's colour: a hang among trials is the news, a skip the least of it."""
 _POOL_MIN_PAGES = 64
 """Below this many cell pages a process pool costs more than it saves."""
 
@@ -105,11 +109,6 @@ def environment(path: Path | None = None) -> jinja2.Environment:
     return env
 
 
-def _sysctl_key(row: Mapping[str, Any]) -> str:
-    """Folding key for a sysctl set: the label is for people, the dict is the identity."""
-    return json.dumps(row.get("sysctls") or {}, sort_keys=True, default=str)
-
-
 def sorted_kernels(run: RunData) -> list[dict[str, Any]]:
     """Manifest kernels by release in natural order; kernels only the table knows are added."""
     kernels = [dict(k) for k in run.manifest["kernels"]]
@@ -164,22 +163,30 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def matrix_grid(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> dict[str, Any]:
-    """Puzzle 2 as a grid: columns grouped by scenario then sysctl label, a row per kernel."""
+def _cell_key(row: Mapping[str, Any]) -> str:
+    """Folding key for a cell's settings: sysctls and parameters, by identity not label."""
+    key = {"sysctls": row.get("sysctls") or {}, "params": row.get("params") or {}}
+    return json.dumps(key, sort_keys=True, default=str)
+
+
+def matrix_grid(
+    rows: list[dict[str, Any]], kernels: list[dict[str, Any]], specs: list[Scenario]
+) -> dict[str, Any]:
+    """Scenarios as a grid: columns grouped by scenario then settings, a row per kernel."""
+    names = {s.name: s for s in specs}
     columns: dict[tuple[str, str], str] = {}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        if row["scenario"] in PUZZLE1:
+        if row["scenario"] not in names:
             continue
-        col = (row["scenario"], _sysctl_key(row))
-        columns.setdefault(col, row["sysctl_label"] or "")
+        col = (row["scenario"], _cell_key(row))
+        columns.setdefault(col, explain.cell_label(row))
         groups.setdefault((row["kernel"], *col), []).append(row)
-    order = sorted(columns, key=lambda c: (c[0], natural_key(columns[c]), c[1]))
+    order = sorted(columns, key=lambda c: (natural_key(c[0]), natural_key(columns[c]), c[1]))
     scenarios: list[dict[str, Any]] = []
     for scen, _ in order:
         if not scenarios or scenarios[-1]["name"] != scen:
-            title = SCENARIOS[scen].title if scen in SCENARIOS else ""
-            scenarios.append({"name": scen, "title": title, "span": 0})
+            scenarios.append({"name": scen, "title": names[scen].title, "span": 0})
         scenarios[-1]["span"] += 1
     grid = [
         {
@@ -204,26 +211,123 @@ def _first_trial(rows: list[dict[str, Any]], scenario: str) -> dict[str, Any] | 
     return picked[0] if picked else None
 
 
-def puzzle1_rows(rows: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> list[dict]:
-    """Puzzle 1 per kernel and sysctl set: bytes queued by 1A and 1B and their ratio.
+def pair_rows(
+    rows: list[dict[str, Any]],
+    kernels: list[dict[str, Any]],
+    a: Scenario,
+    b: Scenario,
+    ratio: RatioSpec,
+) -> list[dict[str, Any]]:
+    """A pair per kernel and settings: a's and b's metric, b/a, and the further columns.
 
-    The first trial is shown; puzzle 1 is deterministic for a kernel and a buffer size,
-    and any other trials are one click away on the cell pages.
+    The first trial is shown; a pair's scenarios are expected to be deterministic for a
+    kernel and its settings, and any other trials are one click away on the cell pages.
     """
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        if row["scenario"] in PUZZLE1:
-            groups.setdefault((row["kernel"], _sysctl_key(row)), []).append(row)
+        if row["scenario"] in (a.name, b.name):
+            groups.setdefault((row["kernel"], _cell_key(row)), []).append(row)
     out = []
     for kernel in kernels:
         keys = sorted((g for g in groups if g[0] == kernel["name"]), key=lambda g: g[1])
         for key in keys:
-            a, b = _first_trial(groups[key], "1A"), _first_trial(groups[key], "1B")
-            qa = a["bytes_queued"] if a else None
-            qb = b["bytes_queued"] if b else None
-            ratio = qb / qa if qa and qb is not None else None
-            label = (a or b or {}).get("sysctl_label") or ""
-            out.append({"kernel": kernel, "label": label, "a": a, "b": b, "ratio": ratio})
+            ra, rb = _first_trial(groups[key], a.name), _first_trial(groups[key], b.name)
+            va = explain.value_of(ra, ratio.metric) if ra else None
+            vb = explain.value_of(rb, ratio.metric) if rb else None
+            na, nb = explain.number(va), explain.number(vb)
+            out.append(
+                {
+                    "kernel": kernel,
+                    "label": explain.cell_label(ra or rb or {}),
+                    "a": ra,
+                    "b": rb,
+                    "values": (va, vb),
+                    "ratio": nb / na if na and nb is not None else None,
+                    "columns": [
+                        tuple(explain.value_of(r, c) if r else None for r in (ra, rb))
+                        for c in ratio.columns
+                    ],
+                }
+            )
+    return out
+
+
+def _title(a: Scenario, b: Scenario, name: str) -> str:
+    metric = b.metric(name) or a.metric(name)
+    return metric.title if metric else name
+
+
+def pair_table(
+    rows: list[dict[str, Any]],
+    kernels: list[dict[str, Any]],
+    a: Scenario,
+    b: Scenario,
+    ratio: RatioSpec,
+) -> dict[str, Any]:
+    """A pair's table: its headings from the metrics' labels, and its rows."""
+    return {
+        "a": a.name,
+        "b": b.name,
+        "metric": _title(a, b, ratio.metric),
+        "columns": [_title(a, b, c) for c in ratio.columns],
+        "rows": pair_rows(rows, kernels, a, b, ratio),
+    }
+
+
+def bare(name: str) -> Scenario:
+    """A scenario the run's plan does not describe: shown by what its cells reported."""
+    return Scenario(name=name, title="", directory=Path("."), command=("true",), timeout_s=1.0)
+
+
+def run_scenarios(run: RunData) -> Catalogue:
+    """The run's own manifests, from its plan.json, so that a run reads as it was measured
+    (the built-in ones for a run directory without a plan)."""
+    path = Path(run.run_dir) / "plan.json"
+    return cells.scenarios_from(rundir.read_json(path) if path.is_file() else {})
+
+
+def sections(
+    rows: list[dict[str, Any]], kernels: list[dict[str, Any]], cat: Catalogue
+) -> list[dict[str, Any]]:
+    """The matrix page's sections, by the manifests' `report.section`: a scenario with a
+    ratio to another one of its section is shown as a pair, every other one in a grid.
+    Sections of grids come first, then those with pairs."""
+    names = sorted({str(r["scenario"]) for r in rows}, key=natural_key)
+    grouped: dict[str, list[Scenario]] = {}
+    for spec in (cat.find(n) or bare(n) for n in names):
+        key = f"section {spec.report.section}" if spec.report.section else f"own {spec.name}"
+        grouped.setdefault(key, []).append(spec)
+    out = []
+    for specs in grouped.values():
+        first = specs[0]
+        members = {s.name: s for s in specs}
+        pairs = [
+            (members[r.of], s, r)
+            for s in specs
+            if (r := s.report.ratio) and r.of in members and r.of != s.name
+        ]
+        paired = {s.name for a, b, _ in pairs for s in (a, b)}
+        alone = [s for s in specs if s.name not in paired]
+        pair_views = [(a, b, pair_table(rows, kernels, a, b, r)) for a, b, r in pairs]
+        own = f"{first.name}: {first.title}" if first.title else first.name
+        out.append(
+            {
+                "title": first.report.section or own,
+                "note": next((s.report.section_note for s in specs if s.report.section_note), ""),
+                "scenarios": [s.name for s in specs],
+                "grid": matrix_grid(rows, kernels, alone) if alone else None,
+                "pairs": [view for _, _, view in pair_views],
+                "explain": explain.paragraphs(
+                    rows, alone, [(a, b, view["rows"]) for a, b, view in pair_views]
+                ),
+            }
+        )
+    out.sort(key=lambda sec: bool(sec["pairs"]))
+    grids = [sec["grid"] for sec in out if sec["grid"]]
+    for i, grid in enumerate(grids):
+        grid["id"] = "matrix" if i == 0 else f"matrix-{i + 1}"
+    for i, pair in enumerate(p for sec in out for p in sec["pairs"]):
+        pair["id"] = f"pairs-{i + 1}"
     return out
 
 
@@ -258,17 +362,17 @@ def _legend(manifest: Mapping[str, Any]) -> list[dict[str, str]]:
     return legend
 
 
-def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def index_context(
+    run: RunData, rows: list[dict[str, Any]], cat: Catalogue | None = None
+) -> dict[str, Any]:
     """Everything the matrix page shows, computed once so the template only lays it out."""
     kernels = sorted_kernels(run)
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in VERDICTS}
-    puzzle1 = puzzle1_rows(rows, kernels)
     return {
         "manifest": run.manifest,
         "kernels": kernels,
-        "grid": matrix_grid(rows, kernels),
-        "puzzle1": puzzle1,
-        "explain": explain.paragraphs(rows, puzzle1),
+        "sections": sections(rows, kernels, cat or run_scenarios(run)),
+        "scenario_names": sorted({str(r["scenario"]) for r in rows}, key=natural_key),
         "legend": _legend(run.manifest),
         "thresholds": dict(run.manifest["thresholds"], **run.manifest.get("cell_limits", {})),
         "counts": counts,
@@ -278,35 +382,24 @@ def index_context(run: RunData, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-_P2_METRICS = (
-    ("iterations", "iterations", None),
-    ("elapsed_s", "elapsed (s)", 2),
-    ("early_rate", "early rate (/s)", 0),
-    ("late_rate", "late rate (/s)", 0),
-    ("rate_ratio", "late / early", 3),
-    ("tw_max", "TIME-WAIT max", None),
-    ("lat_p50_us", "connect() p50 (µs)", 1),
-    ("lat_p99_us", "connect() p99 (µs)", 1),
-    ("stime_share", "system time share", 3),
-    ("error_name", "error", None),
-    ("error_iteration", "error at iteration", None),
-    ("knee_t", "past the knee at (s)", 2),
-    ("rate_cv", "pre-knee rate std/mean", 3),
-    ("host_load1", "host load average", 2),
-    ("host_steal_share", "host steal share", 3),
-    ("vm_wait_share", "VM waiting for a CPU", 3),
-    ("guest_steal_share", "guest steal share", 3),
-)
-_P1_METRICS = (
-    ("bytes_queued", "bytes queued", None),
-    ("sends", "send() calls", None),
-    ("last_send", "last send (B)", None),
-    ("sndbuf_before", "SO_SNDBUF before", None),
-    ("sndbuf", "SO_SNDBUF after", None),
-    ("outq", "SIOCOUTQ", None),
-    ("outq_nsd", "SIOCOUTQNSD", None),
-    ("error_name", "error", None),
-)
+RULE_FIGURES = {
+    "series_rate": (
+        ("early_rate", "early rate (/s)", 0),
+        ("late_rate", "late rate (/s)", 0),
+        ("rate_ratio", "late / early", 3),
+        ("knee_t", "past the knee at (s)", 2),
+        ("stime_share", "system time share", 3),
+        ("rate_cv", "pre-knee rate std/mean", 3),
+        ("host_load1", "host load average", 2),
+        ("host_steal_share", "host steal share", 3),
+        ("vm_wait_share", "VM waiting for a CPU", 3),
+        ("guest_steal_share", "guest steal share", 3),
+    ),
+}
+"""The figures a rule computes, by the rule's kind: they belong to the rule, so every
+scenario judged by it shows them under the same labels."""
+ERROR_FIGURES = (("error_name", "error", None), ("error_iteration", "error at iteration", None))
+"""What any program's error document names."""
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -337,30 +430,142 @@ def _scalars(mapping: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
     return sorted((k, v) for k, v in (mapping or {}).items() if not isinstance(v, dict | list))
 
 
+def _is_scalar(value: Any) -> bool:
+    return value is not None and isinstance(value, int | float | str) and value == value
+
+
+def metric_text(value: Any, spec: MetricSpec) -> str:
+    """A declared metric on a cell page: as the manifest prints it, and the exact figure
+    beside it when the manifest scales it (3.97 MB (3,973,120 B))."""
+    if explain.number(value) is None or (spec.scale == 1.0 and not spec.display_unit):
+        return num(value, spec.digits)
+    exact = num(value) + (f" {spec.unit}" if spec.unit else "")
+    return f"{shown(value, spec)} ({exact})"
+
+
+def key_metrics(row: Mapping[str, Any], spec: Scenario) -> list[tuple[str, str]]:
+    """The scenario's declared metrics, then its rules' figures, then the error's."""
+    out = []
+    seen = set()
+    for m in spec.metrics:
+        value = explain.value_of(row, m.name)
+        if _is_scalar(value):
+            out.append((m.title, metric_text(value, m)))
+            seen.add(m.name)
+    kinds = dict.fromkeys(rule.kind for rule in spec.rules)
+    figures = [f for kind in kinds for f in RULE_FIGURES.get(kind, ())]
+    for name, label, digits in (*figures, *ERROR_FIGURES):
+        value = explain.value_of(row, name)
+        if name not in seen and _is_scalar(value):
+            out.append((label, num(value, digits)))
+            seen.add(name)
+    return out
+
+
+def distributions(metrics: Mapping[str, Any], spec: Scenario) -> list[dict[str, Any]]:
+    """Metrics that are a table of figures (latency percentiles), each shown as a table;
+    nstat has a panel of its own."""
+    out = []
+    for name, value in sorted(metrics.items()):
+        if name == "nstat" or not isinstance(value, dict):
+            continue
+        pairs = _scalars(value)
+        if pairs:
+            m = spec.metric(name)
+            out.append({"title": m.title if m else name, "rows": pairs})
+    return out
+
+
+CASE_CLASS = {"pass": "success", "fail": "fail", "skip": "skip", "error": "error"}
+
+
+def testcases(detail: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The program's test cases (LAVA, TAP/KTAP, or its result.json): name, result,
+    measurement and units, as it reported them."""
+    cases = detail.get("testcases")
+    if not isinstance(cases, list):
+        return []
+    return [
+        {
+            "name": c.get("name"),
+            "result": c.get("result"),
+            "class": CASE_CLASS.get(str(c.get("result")), "infra"),
+            "measurement": c.get("measurement"),
+            "units": c.get("units") or "",
+        }
+        for c in cases
+        if isinstance(c, dict)
+    ]
+
+
+def program_rows(detail: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """How the program ended: its outcome and exit status, when the agent recorded them."""
+    prog = detail.get("program")
+    if not isinstance(prog, dict):
+        return []
+    labels = (("outcome", "outcome"), ("exit_code", "exit status"))
+    return [(label, prog[key]) for key, label in labels if _is_scalar(prog.get(key))]
+
+
+def plot_spec(spec: Scenario, series: list[Any]) -> dict[str, Any] | None:
+    """What the cell's plot shows (the manifest's `report.plot` field), or None."""
+    field = spec.report.plot
+    if not field or not series:
+        return None
+    rule = spec.series_rule()
+    metric = spec.metric(field)
+    has_tw = any(isinstance(s, Mapping) and explain.number(s.get("tw")) is not None for s in series)
+    if rule and rule.counter == field:
+        what = (metric.unit if metric else "") or spec.report.counter_unit or field
+        heading = f"{what[:1].upper()}{what[1:]} per second"
+        key, axis, scale = f"{what}/s", f"{spec.report.counter_unit or what}/s", 1.0
+        sub = "per sampling interval, over seconds since the program started"
+    else:
+        label = metric.title if metric else field
+        unit = (metric.display_unit or metric.unit) if metric else ""
+        heading = label[:1].upper() + label[1:]
+        key = f"{label} ({unit})" if unit else label
+        axis, scale = unit or label, metric.scale if metric else 1.0
+        sub = "at each sample, over seconds since the program started"
+    keys = [(RATE_COLOUR, key)] + ([(TW_COLOUR, "TIME-WAIT sockets")] if has_tw else [])
+    return {
+        "field": field,
+        "rate": bool(rule and rule.counter == field),
+        "scale": scale,
+        "axis": axis,
+        "heading": heading + (" and TIME-WAIT" if has_tw else ""),
+        "sub": sub + "; dashed line: stall detected",
+        "keys": keys,
+    }
+
+
 def cell_context(
     row: dict[str, Any],
     detail: Mapping[str, Any],
     kernel: Mapping[str, Any] | None,
     manifest: Mapping[str, Any],
+    spec: Scenario | None = None,
 ) -> dict[str, Any]:
     """A cell page's content; the plot is drawn later, by whichever process writes the page."""
+    spec = spec or bare(str(row["scenario"]))
     metrics = detail.get("metrics") or {}
     evidence = detail.get("evidence") or {}
     stall = evidence.get("stall")
-    spec = _P1_METRICS if row["scenario"] in PUZZLE1 else _P2_METRICS
     nstat = metrics.get("nstat") or detail.get("nstat") or {}
-    scen = SCENARIOS.get(row["scenario"])
+    series = detail.get("series") or []
+    params = row.get("params") if isinstance(row.get("params"), dict) else {}
     return {
         "row": row,
         "kernel": kernel,
         "manifest": manifest,
         "status": detail.get("status"),
-        "scenario_title": scen.title if scen else "",
+        "scenario_title": spec.title,
+        "params": " ".join(f"{k}={v}" for k, v in params.items()) if params else "",
         "sysctl_rows": sysctl_rows(row, detail),
-        "metrics": [
-            (label, num(row.get(key), d)) for key, label, d in spec if row.get(key) is not None
-        ],
-        "latency": [(k, v) for k, v in _scalars(metrics) if k.startswith("lat")],
+        "metrics": key_metrics(row, spec),
+        "distributions": distributions(metrics, spec),
+        "testcases": testcases(detail),
+        "program": program_rows(detail),
         "all_metrics": _scalars(metrics),
         "nstat": _scalars(nstat),
         "evidence": [
@@ -369,18 +574,25 @@ def cell_context(
         "error": detail.get("error"),
         "log_tail": detail.get("log_tail") or "",
         "console_tail": row.get("console_tail") or (kernel or {}).get("console_tail") or "",
-        "series": detail.get("series") or [],
+        "series": series,
+        "plot": plot_spec(spec, series),
         "stall_t": stall.get("t") if isinstance(stall, dict) else None,
     }
 
 
 def _render_pages(tdir: str, cells_dir: str, pages: list[dict[str, Any]]) -> int:
-    """Write cell pages with one environment and one reused figure (runs in a worker)."""
+    """Write cell pages with one environment and reused figures (runs in a worker)."""
     template = environment(Path(tdir)).get_template("cell.html")
-    plotter = RatePlotter()
+    plotter = SeriesPlotter()
     for page in pages:
         stall_t = page["stall_t"] if isinstance(page["stall_t"], int | float) else None
-        svg = plotter.svg(page["series"], stall_t) if page["series"] else ""
+        plot = page["plot"]
+        svg = ""
+        if plot:
+            panels = traces(
+                page["series"], plot["field"], plot["rate"], plot["axis"], plot["scale"]
+            )
+            svg = plotter.svg(panels, stall_t)
         html = template.render(page, plot_svg=Markup(svg))
         rundir.write_text_atomic(Path(cells_dir, page_name(page["row"]["cell_id"])), html)
     return len(pages)
@@ -414,11 +626,16 @@ def render_report(run: RunData, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     tdir = template_dir()
     rows = records(run.table)
-    index_html = environment(tdir).get_template("index.html").render(index_context(run, rows))
+    cat = run_scenarios(run)
+    index_html = environment(tdir).get_template("index.html").render(index_context(run, rows, cat))
     kernels = {k["name"]: k for k in run.manifest["kernels"]}
     pages = [
         cell_context(
-            row, run.details.get(row["cell_id"]) or {}, kernels.get(row["kernel"]), run.manifest
+            row,
+            run.details.get(row["cell_id"]) or {},
+            kernels.get(row["kernel"]),
+            run.manifest,
+            cat.find(str(row["scenario"])),
         )
         for row in rows
     ]

@@ -76,6 +76,11 @@ def test_matrix_page_renders_and_its_script_runs(reports: Path, tmp_path: Path) 
     assert cells and set(cells) <= {"success", "slowdown", "hang", "error"}
     assert re.search(r'<a class="v (success|slowdown|hang|error)', dom)
     assert "1B / 1A" in dom and "sk_stream_is_writeable" in dom
+    assert re.findall(r'<section class="scenarios" data-scenarios="([^"]*)"', dom) == [
+        "2B",
+        "1A 1B",
+    ]
+    assert "<h2>Puzzle 2: TIME-WAIT symmetry<span" in dom and "In 2B the client closes first" in dom
     assert 'href="../index.html"' in dom and 'href="diff.html"' in dom
 
 
@@ -84,9 +89,13 @@ def test_filter_from_the_url_hides_what_does_not_match(reports: Path, tmp_path: 
     dom = chromium(tmp_path, "--dump-dom", page + "#k=no-such-kernel")
     row = re.search(r'<tr class="hostrow" data-k="host [^"]*"[^>]*>', dom).group(0)
     assert 'style="display: none;"' in row
-    dom = chromium(tmp_path, "--dump-dom", page + "#s=1")
-    assert re.search(r'<section data-p="2" style="display: none;">', dom)
-    assert re.search(r'<section data-p="1">', dom)
+    dom = chromium(tmp_path, "--dump-dom", page + "#s=1A")
+    assert re.search(r'<section class="scenarios" data-scenarios="2B" style="display: none;">', dom)
+    assert re.search(r'<section class="scenarios" data-scenarios="1A 1B"(?: style="")?>', dom)
+    dom = chromium(tmp_path, "--dump-dom", page + "#s=2B")
+    assert re.search(r'<section class="scenarios" data-scenarios="2B"(?: style="")?>', dom)
+    hidden = r'<section class="scenarios" data-scenarios="1A 1B" style="display: none;">'
+    assert re.search(hidden, dom)
 
 
 def test_cell_page_has_its_plot(reports: Path, tmp_path: Path) -> None:
@@ -94,7 +103,8 @@ def test_cell_page_has_its_plot(reports: Path, tmp_path: Path) -> None:
     href = re.search(r'<td class="c[^"]*" data-s="2B"[^>]*>\s*<a [^>]*href="([^"]+)"', index)
     assert href, "no 2B cell link in the matrix"
     dom = chromium(tmp_path, "--dump-dom", (reports / RUN_ID / href.group(1)).as_uri())
-    assert "<svg" in dom and "Connection rate and TIME-WAIT" in dom
+    assert "<svg" in dom and "Connections per second and TIME-WAIT" in dom
+    assert "connections/s" in dom and "Key metrics" in dom and "early rate (/s)" in dom
 
 
 def test_runs_index_lists_the_run(reports: Path, tmp_path: Path) -> None:

@@ -1,8 +1,22 @@
-"""The matrix page's explanations carry this run's figures, never canned ones."""
+"""The matrix page's explanations carry this run's figures, never canned ones, and take
+their wording from the scenarios' manifests."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 from matrix.report import explain
+from matrix.scenarios.catalogue import builtin
+from matrix.scenarios.manifest import Scenario, parse
+
+S2A, S2B = builtin().get("2A"), builtin().get("2B")
+S1A, S1B = builtin().get("1A"), builtin().get("1B")
+
+
+def scenario(name: str, toml: str) -> Scenario:
+    """A manifest that no code knows, read the way the catalogue reads one."""
+    return parse(f"{name}/scenario.toml", name, Path(name), tomllib.loads(toml), "test")
 
 
 def p2(kernel: str, label: str, verdict: str, trial: int = 0, **metrics: object) -> dict:
@@ -25,8 +39,8 @@ ROWS = [
 ]
 
 
-def test_puzzle2_names_collapsed_cells_with_their_figures() -> None:
-    text = explain.puzzle2_findings(ROWS, "2B")
+def test_series_findings_name_collapsed_cells_with_their_figures() -> None:
+    text = explain.series_findings(ROWS, S2B)
     assert "2 of 4 measured 2B cells on 2 kernels collapsed" in text
     assert "6.1 with reuse=0 fell from 13,000/s to 40/s with 28,231 TIME-WAIT sockets" in text
     assert "6.12 with reuse=0 died with EADDRNOTAVAIL at iteration 28,232" in text
@@ -34,42 +48,150 @@ def test_puzzle2_names_collapsed_cells_with_their_figures() -> None:
     assert "collapsed on every kernel: reuse=0; held on every kernel: reuse=1" in text
 
 
-def test_puzzle2_counts_trials_of_one_setting_once() -> None:
+def test_series_findings_count_trials_of_one_setting_once() -> None:
     rows = [
         p2("6.1", "reuse=0", "hang", trial=t, iterations=14100, evidence_state="R") for t in (0, 1)
     ]
     rows.append(p2("6.1", "reuse=0", "success", trial=2, early_rate=1.0, late_rate=1.0))
-    text = explain.puzzle2_findings(rows, "2B")
+    text = explain.series_findings(rows, S2B)
     assert text.count("6.1 with reuse=0") == 1 and "(2 of 3 trials)" in text
     assert "stalled after 14,100 connections" in text and "(state R)" in text
-    assert explain.puzzle2_findings(rows, "2A") == "No 2A cell was measured in this run."
+    assert explain.series_findings(rows, S2A) == "No 2A cell was measured in this run."
+
+
+QUEUE = """
+title = "a queue that fills"
+command = ["./q"]
+timeout_s = 10
+[metrics.packets]
+unit = "packets"
+[metrics.backlog]
+unit = "packets waiting"
+[[rules]]
+rule = "series_rate"
+counter = "packets"
+[report]
+context = "backlog"
+"""
+
+
+def test_series_findings_quote_the_manifests_context_metric_and_counter() -> None:
+    spec = scenario("qfill", QUEUE)
+    rows = [
+        {
+            "kernel": "6.1",
+            "scenario": "qfill",
+            "sysctl_label": "",
+            "params": {"depth": "8"},
+            "verdict": "hang",
+            "metrics": {"packets": 900, "backlog": 512},
+        },
+        {
+            "kernel": "6.1",
+            "scenario": "qfill",
+            "sysctl_label": "",
+            "params": {"depth": "2"},
+            "verdict": "success",
+            "early_rate": 50.0,
+            "metrics": {"packets": 5000, "backlog": 3},
+        },
+    ]
+    text = explain.series_findings(rows, spec)
+    assert "6.1 with depth=8 stalled after 900 packets with 512 packets waiting" in text
+    assert "1 cells kept their rate at 50/s, with at most 3 packets waiting" in text
+    assert "TIME-WAIT" not in text
 
 
 def p1(name: str, a: int, b: int) -> dict:
     return {
         "kernel": {"name": name},
-        "a": {"bytes_queued": a, "sndbuf": 4_194_304},
+        "a": {"bytes_queued": a, "metrics": {"sndbuf_after": 4_194_304}},
         "b": {"bytes_queued": b},
         "ratio": b / a,
     }
 
 
-def test_puzzle1_gives_the_ratio_range_and_calls_out_odd_kernels() -> None:
-    text = explain.puzzle1_findings(
-        [p1("5.10", 3_000_000, 1_992_000), p1("6.1", 3_000_000, 2_010_000)]
+def test_pair_findings_give_the_ratio_range_and_call_out_odd_kernels() -> None:
+    text = explain.pair_findings(
+        [p1("5.10", 3_000_000, 1_992_000), p1("6.1", 3_000_000, 2_010_000)], S1A, S1B
     )
-    assert "ranged from 0.664 (5.10) to 0.670 (6.1) across 2 kernels" in text
-    assert "within 0.05 of 2/3" in text
-    odd = explain.puzzle1_findings(
-        [p1("6.1", 3_000_000, 2_000_000), p1("odd", 3_000_000, 2_900_000)]
+    assert "1B / 1A ratio of bytes queued ranged from 0.664 (5.10) to 0.670 (6.1)" in text
+    assert (
+        "across 2 kernels (e.g. 3,000,000 B vs 1,992,000 B; SO_SNDBUF after: 4,194,304 B)" in text
     )
-    assert "differs on: odd" in odd
+    assert "Every kernel is within 0.05 of 2/3" in text
+    odd = explain.pair_findings(
+        [p1("6.1", 3_000_000, 2_000_000), p1("odd", 3_000_000, 2_900_000)], S1A, S1B
+    )
+    assert "More than 0.05 from 2/3, so the mechanism differs on: odd." in odd
     assert "0.967 (odd)" in odd
+    one = explain.pair_findings([p1("6.1", 3_000_000, 2_000_000)], S1A, S1B)
+    assert "1B's bytes queued was 0.667 of 1A's on 6.1" in one and "within 0.05 of 2/3" in one
+    assert explain.pair_findings([], S1A, S1B) == "No kernel in this run measured both 1A and 1B."
 
 
-def test_paragraphs_cover_each_puzzle_that_ran() -> None:
-    out = explain.paragraphs(ROWS, [p1("6.1", 3_000_000, 2_000_000)])
-    assert [p["scenario"] for p in out["puzzle2"]] == ["2B"]
-    assert "client closes first" in out["puzzle2"][0]["mechanism"]
-    assert "sk_stream_is_writeable" in out["puzzle1"]["mechanism"]
-    assert explain.paragraphs(ROWS, [])["puzzle1"] is None
+FAST = """
+title = "fast path"
+command = ["./f"]
+timeout_s = 10
+[metrics.ops]
+unit = "ops/s"
+label = "operations"
+"""
+SLOW = FAST.replace("fast path", "slow path") + '[report.ratio]\nof = "fast"\nmetric = "ops"\n'
+
+
+def test_a_pair_without_an_expected_ratio_states_only_what_was_measured() -> None:
+    fast, slow = scenario("fast", FAST), scenario("slow", SLOW)
+    rows = [{"kernel": {"name": "6.1"}, "a": {"ops": 200}, "b": {"ops": 50}, "ratio": 0.25}]
+    text = explain.pair_findings(rows, fast, slow)
+    assert (
+        text
+        == "In this run slow's operations was 0.250 of fast's on 6.1 (e.g. 200 ops/s vs 50 ops/s)."
+    )
+
+
+THROUGHPUT = """
+title = "throughput probe"
+command = ["./t"]
+timeout_s = 10
+result = "lava"
+[metrics.rate]
+unit = "bit/s"
+label = "throughput"
+scale = 1e-9
+display_unit = "Gbit/s"
+digits = 2
+[report]
+key = "rate"
+"""
+
+
+def test_any_other_scenario_gets_its_verdicts_and_key_metric_span_per_kernel() -> None:
+    spec = scenario("tput", THROUGHPUT)
+
+    def row(kernel: str, verdict: str, rate: float | None) -> dict:
+        return {"kernel": kernel, "scenario": "tput", "verdict": verdict, "metrics": {"rate": rate}}
+
+    rows = [
+        row("6.1", "success", 1.2e9),
+        row("6.1", "fail", 1.35e9),
+        row("6.12", "success", 1.1e9),
+        row("7.0", "infra", None),
+    ]
+    text = explain.scenario_findings(rows, spec)
+    assert text.startswith("In this run tput had 4 cells: 2 success, 1 fail, 1 infra.")
+    assert "Throughput per kernel: 6.1 1.20 Gbit/s to 1.35 Gbit/s; 6.12 1.10 Gbit/s." in text
+    assert explain.scenario_findings([], spec) == "No tput cell was measured in this run."
+    assert explain.findings(rows, spec) == text
+
+
+def test_paragraphs_take_mechanisms_from_the_manifests() -> None:
+    out = explain.paragraphs(ROWS, [S2B], [(S1A, S1B, [p1("6.1", 3_000_000, 2_000_000)])])
+    assert [p["scenario"] for p in out] == ["2B", ""]
+    assert out[0]["mechanisms"] == [S2B.explanation] and "client closes first" in S2B.explanation
+    assert out[0]["findings"] == explain.series_findings(ROWS, S2B)
+    assert out[1]["mechanisms"] == [S1A.explanation]
+    assert "sk_stream_is_writeable" in out[1]["mechanisms"][0]
+    assert "2/3" in out[1]["findings"]
+    assert explain.paragraphs(ROWS, [], []) == []

@@ -73,6 +73,61 @@ def test_puzzle1_ratio_and_legend(rendered: Path) -> None:
     assert "boot timeout after 300 s" in html and "<details>" in html
 
 
+def section(html: str, scenarios: str) -> str:
+    return html.split(f'data-scenarios="{scenarios}"', 1)[1].split("</section>", 1)[0]
+
+
+def test_sections_come_from_the_manifests_grids_first(rendered: Path) -> None:
+    html = rendered.read_text()
+    assert re.findall(r'<section class="scenarios" data-scenarios="([^"]*)"', html) == [
+        "2A 2B",
+        "1A 1B",
+    ]
+    grid = section(html, "2A 2B")
+    assert '<h2>Puzzle 2: TIME-WAIT symmetry<span class="sub">early → late' in grid
+    assert 'id="matrix"' in grid and 'class="pairs"' not in grid
+    assert '<div class="explain" data-s="2B"><p><b>2B.</b> In 2B the client closes first' in grid
+    assert "6 of 11 measured 2B cells on 5 kernels collapsed" in grid
+    pair = section(html, "1A 1B")
+    assert '<h2>Puzzle 1: write buffer vs POLLOUT<span class="sub">bytes queued' in pair
+    assert "<p>1A calls send() until it returns EAGAIN" in pair and 'id="matrix"' not in pair
+    heads = re.findall(r'<th class="num">([^<]*)</th>', pair)
+    assert heads == [
+        "1A bytes queued",
+        "1B bytes queued",
+        "1B / 1A",
+        "send() calls 1A / 1B",
+        "SO_SNDBUF after 1A / 1B",
+    ]
+    assert pair.count('<td class="num">243 / 161</td>') == 5
+    assert pair.count('<td class="num">4,194,304 / 4,194,304</td>') == 5
+    assert "1B&#39;s bytes queued was 0.664 of 1A&#39;s on all 5 kernels" in pair
+    assert "SO_SNDBUF after: 4,194,304 B" in pair and "within 0.05 of 2/3" in pair
+
+
+def test_filters_list_every_scenario_and_verdict(rendered: Path) -> None:
+    html = rendered.read_text()
+    scenarios = html.split('id="sfilter"', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r'<option value="([^"]*)"', scenarios) == ["", "1A", "1B", "2A", "2B"]
+    verdicts = html.split('id="vfilter"', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r'<option value="([^"]*)"', verdicts) == ["", *report.VERDICTS]
+    assert {"fail", "skip"} <= set(report.VERDICTS)
+    assert '<span class="badge fail">fail 0</span>' in html
+    assert "SEV = {infra: 0, skip: 1, success: 2, slowdown: 3, fail: 4, error: 5, hang: 6}" in html
+    assert ".fail { background: var(--fail-bg)" in html and ".skip {" in html
+    assert "data-p=" not in html
+
+
+def test_a_folded_cell_is_coloured_by_its_worst_trial() -> None:
+    def trial(n: int, verdict: str) -> dict:
+        return {"trial": n, "verdict": verdict, "cell_id": f"c{n}", "key_figure": "", "reason": ""}
+
+    assert report.fold([trial(1, "success"), trial(2, "fail")])["verdict"] == "fail"
+    assert report.fold([trial(1, "skip"), trial(2, "success")])["verdict"] == "success"
+    assert report.fold([trial(1, "error"), trial(2, "hang")])["verdict"] == "hang"
+    assert report.fold([trial(1, "infra"), trial(2, "skip")])["verdict"] == "skip"
+
+
 def test_every_link_to_a_cell_page_exists(rendered: Path) -> None:
     html = rendered.read_text()
     links = set(re.findall(r'href="(cells/[^"]+)"', html))
@@ -84,8 +139,35 @@ def test_every_link_to_a_cell_page_exists(rendered: Path) -> None:
 def test_cell_page_has_plot_evidence_and_repro(rendered: Path) -> None:
     page = (rendered.parent / "cells" / "bookworm-2B-buckets65535_reuse0-t1.html").read_text()
     assert "<svg" in page and "<?xml" not in page
+    assert "<h2>Connections per second and TIME-WAIT<span" in page
+    assert "connections/s" in page and "TIME-WAIT sockets" in page
     assert "__inet_hash_connect" in page and "TcpExtTW" in page
     assert "kmatrix run --kernel bookworm --scenario 2B" in page
+
+
+def test_cell_page_key_metrics_come_from_the_manifest_and_the_rule(rendered: Path) -> None:
+    page = (rendered.parent / "cells" / "bullseye-2B-buckets65535_reuse0-t1.html").read_text()
+    keys = page.split("<h2>Key metrics</h2>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><th>([^<]*)</th><td class=\"num\">([^<]*)</td></tr>", keys)
+    assert rows == [
+        ("iterations", "14,100"),
+        ("elapsed (s)", "25.00"),
+        ("TIME-WAIT max", "14,100"),
+        ("early rate (/s)", "13,000"),
+        ("late rate (/s)", "0"),
+        ("late / early", "0.000"),
+        ("system time share", "0.930"),
+        ("error", "EADDRNOTAVAIL"),
+        ("error at iteration", "28,232"),
+    ]
+
+
+def test_a_scenario_without_a_plot_shows_none(rendered: Path) -> None:
+    page = (rendered.parent / "cells" / "bookworm-1A-defaults-t1.html").read_text()
+    assert "<svg" not in page and "per second" not in page
+    assert '<tr><th>bytes queued</th><td class="num">3.97 MB (3,973,120 B)</td></tr>' in page
+    assert '<tr><th>send() calls</th><td class="num">243</td></tr>' in page
+    assert "early rate" not in page
 
 
 def test_cell_page_flags_a_sysctl_that_did_not_take(rendered: Path) -> None:
@@ -166,15 +248,35 @@ def test_interval_rates_skip_gaps_and_stalled_clocks() -> None:
     assert interval_rates(series) == ([2.0, 2.5], [10.0, 0.0])
 
 
+def test_a_field_that_is_no_counter_is_plotted_as_its_value() -> None:
+    from matrix.report.plots import traces, values
+
+    series = [{"t": 0, "bps": 2e9}, {"t": 1, "bps": None}, {"t": 2, "bps": 1e9, "tw": 3}]
+    assert values(series, "bps", 1e-9) == ([0.0, 2.0], [2.0, 1.0])
+    main, tw = traces(series, "bps", rate=False, label="Gbit/s", scale=1e-9)
+    assert (main.values, main.label, tw.values, tw.label) == (
+        [2.0, 1.0],
+        "Gbit/s",
+        [3.0],
+        "TIME-WAIT",
+    )
+    assert traces(series, "other", rate=True, label="x/s") == [tw]
+
+
 def test_a_reused_plotter_rescales_to_each_cell() -> None:
-    from matrix.report.plots import RatePlotter
+    from matrix.report.plots import SeriesPlotter, traces
 
     def series(rate: int, n: int = 10) -> list[dict]:
         return [{"t": i * 0.5, "iterations": rate * i // 2, "tw": rate * i // 2} for i in range(n)]
 
-    plotter = RatePlotter()
-    plotter.svg(series(100))
-    plotter.svg(series(30000, n=40))
-    assert plotter._rate_ax.get_ylim()[1] >= 30000
-    assert plotter._tw_ax.get_ylim()[1] >= 30000 * 39 // 2
-    assert plotter._tw_ax.get_xlim()[1] >= 19.5
+    plotter = SeriesPlotter()
+    plotter.svg(traces(series(100), "iterations", rate=True, label="conns/s"))
+    svg = plotter.svg(traces(series(30000, n=40), "iterations", rate=True, label="conns/s"))
+    rate_ax, tw_ax = plotter.figure(2).axes
+    assert rate_ax.get_ylim()[1] >= 30000
+    assert tw_ax.get_ylim()[1] >= 30000 * 39 // 2
+    assert tw_ax.get_xlim()[1] >= 19.5
+    assert "conns/s" in svg and "TIME-WAIT" in svg
+    one = plotter.svg(traces([{"t": 0, "v": 1.5}, {"t": 1, "v": 0.5}], "v", False, "ms"))
+    assert one.startswith("<svg") and "TIME-WAIT" not in one and len(plotter.figure(1).axes) == 1
+    assert plotter.svg([]) == ""

@@ -8,6 +8,7 @@ The fixture is the run directory of `kmatrix run --kernels host --scenarios 1A,1
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -55,6 +56,56 @@ def test_the_recorded_run_renders(run: results.RunData, tmp_path: Path) -> None:
     bad = verdict(run, "2B", "200")
     page = (index.parent / "cells" / f"{bad['cell_id']}.html").read_text()
     assert "<svg" in page and "net.ipv4.ip_local_port_range" in page
+
+
+def kv(page: str, heading: str) -> dict[str, str]:
+    table = page.split(f"<h2>{heading}</h2>", 1)[1].split("</table>", 1)[0]
+    return dict(re.findall(r'<tr><th>([^<]*)</th><td class="num">([^<]*)</td>', table))
+
+
+def test_the_recorded_run_shows_the_figures_it_always_showed(
+    run: results.RunData, tmp_path: Path
+) -> None:
+    """The puzzles' figures as the report printed them before it read manifests."""
+    index = report.render_report(run, tmp_path / "report")
+    html = index.read_text()
+    figures = re.findall(r'<span class="fig">([^<]*)</span>', html)
+    assert figures == [
+        "24,885/s → 25,003/s",
+        "27,090/s → 26,583/s",
+        "28,170/s → 26,594/s",
+        "EADDRNOTAVAIL @ 1,000",
+    ]
+    assert (
+        re.findall(r'<th class="mono sortable[^>]*>([^<]*)</th>', html)
+        == [
+            "ports=40000-40999 buckets=200 reuse=0",
+            "ports=40000-40999 buckets=65535 reuse=0",
+        ]
+        * 2
+    )
+    pair = html.split('class="pairs"', 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r'<td class="num">(?:<a [^>]*>|<b>)?([^<]*)', pair)
+    assert cells == ["3,973,120", "2,637,824", "0.664", "243 / 161", "4,194,304 / 4,194,304"]
+    assert "1B&#39;s bytes queued was 0.664 of 1A&#39;s on host (e.g. 3,973,120 B vs" in html
+    bad = verdict(run, "2B", "65535")
+    page = (index.parent / "cells" / f"{bad['cell_id']}.html").read_text()
+    assert kv(page, "Key metrics") == {
+        "iterations": "1,000",
+        "elapsed (s)": "0.07",
+        "TIME-WAIT max": "1,000",
+        "past the knee at (s)": "0.05",
+        "early rate (/s)": "9,901",
+        "late rate (/s)": "9,901",
+        "late / early": "1.000",
+        "error": "EADDRNOTAVAIL",
+        "error at iteration": "1,000",
+    }
+    assert kv(page, "latency_us")["p99"] == "134.3"
+    one = (index.parent / "cells" / f"{verdict(run, '1A')['cell_id']}.html").read_text()
+    assert kv(one, "Key metrics")["bytes queued"] == "3.97 MB (3,973,120 B)"
+    assert kv(one, "Key metrics")["SO_SNDBUF after"] == "4,194,304"
+    assert "<svg" not in one
 
 
 def test_the_recorded_run_exports_junit(run: results.RunData) -> None:
