@@ -1,24 +1,39 @@
-"""Puzzle 1: how much a non-blocking sender queues, send()-until-EAGAIN (1A) vs POLLOUT (1B).
+#!/usr/bin/env python3
+"""Puzzle 1: how much a non-blocking sender queues, send() until EAGAIN (1A) or while
+poll() says POLLOUT (1B).
 
-Stdlib only, Python 3.8+. `run(cell, log)` runs in the cell's own network namespace,
-set up by agent.py; it returns the "metrics" part of the result and an empty series.
+    puzzle1.py --until eagain|pollout
+
+Stdlib only, Python 3.8+, run in the cell's own network namespace by the agent. Limits
+come from KMATRIX_ITERATION_CAP and KMATRIX_WINDOW_S; the result (metrics, an empty
+series) goes to result.json, or to stdout when run by hand.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import os
 import select
 import socket
 import struct
+import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+try:
+    import kmatrix_probe as probe
+except ImportError:  # run by hand: the library is in the directory above
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import kmatrix_probe as probe
 
 CHUNK = b"A" * 16384
 SIOCOUTQ = 0x5411  # TIOCOUTQ: bytes in the send queue not yet acknowledged
 SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent
 SIOCINQ = 0x541B  # FIONREAD: bytes waiting in the receive queue
 SETTLE_S = 0.2  # lets loopback deliver what was sent before the queues are read
+DEFAULTS = {"window_s": 25.0, "iteration_cap": 20000}
+"""Limits for a run by hand, where no KMATRIX_* variable is set."""
 
 
 def _ioctl_int(sock: socket.socket, request: int) -> int | None:
@@ -57,8 +72,8 @@ def _writable_now(sock: socket.socket) -> bool:
     return bool(poll.poll(0))
 
 
-def _fill(sock: socket.socket, scenario: str, cap: int, window_s: float) -> dict[str, Any]:
-    """Send 16 KiB chunks until the scenario's stop condition, the cap or the window."""
+def _fill(sock: socket.socket, until: str, cap: int, window_s: float) -> dict[str, Any]:
+    """Send 16 KiB chunks until the stop condition (`until`), the cap or the window."""
     sent = sends = last = 0
     ended_by = "cap"
     deadline = time.monotonic() + window_s
@@ -67,7 +82,7 @@ def _fill(sock: socket.socket, scenario: str, cap: int, window_s: float) -> dict
         if time.monotonic() >= deadline:
             ended_by = "window"
             break
-        if scenario == "1B" and not _writable_now(sock):
+        if until == "pollout" and not _writable_now(sock):
             ended_by = "pollout"
             break
         try:
@@ -82,14 +97,12 @@ def _fill(sock: socket.socket, scenario: str, cap: int, window_s: float) -> dict
     return {"bytes_queued": sent, "sends": sends, "last_send": last, "ended_by": ended_by}
 
 
-def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
-    """Fill one connection as the scenario says, then read the queues on both ends."""
+def run(until: str, cap: int, window_s: float) -> dict[str, Any]:
+    """Fill one connection as `until` says, then read the queues on both ends."""
     server, client, accepted = _connected_pair()
     try:
         sndbuf = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        filled = _fill(
-            accepted, cell["scenario"], int(cell["iteration_cap"]), float(cell["window_s"])
-        )
+        filled = _fill(accepted, until, cap, window_s)
         time.sleep(SETTLE_S)
         metrics = dict(filled)
         metrics.update(
@@ -107,8 +120,8 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     finally:
         for sock in (accepted, client, server):
             sock.close()
-    log(
-        f"{cell['scenario']}: {metrics['bytes_queued']} bytes in {metrics['sends']} sends,"
+    probe.log(
+        f"until {until}: {metrics['bytes_queued']} bytes in {metrics['sends']} sends,"
         f" ended by {metrics['ended_by']}"
     )
     return {
@@ -118,3 +131,17 @@ def run(cell: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
         "error": None,
         "status_detail": f"ended_by={metrics['ended_by']} bytes_queued={metrics['bytes_queued']}",
     }
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Puzzle 1: how much a sender queues.")
+    parser.add_argument("--until", choices=("eagain", "pollout"), required=True)
+    args = parser.parse_args(argv)
+    cap = int(probe.limit("iteration_cap", DEFAULTS["iteration_cap"]))
+    window_s = float(probe.limit("window_s", DEFAULTS["window_s"]))
+    probe.write_result(run(args.until, cap, window_s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

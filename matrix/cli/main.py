@@ -3,8 +3,9 @@
 Exit codes:
   0   the run finished and every cell was measured (whatever the verdicts)
   1   the run finished but some cells have no measurement (infra), or, with
-      `--fail-on-change`, a verdict differs from the previous comparable run
-      (`kmatrix diff --fail-on-change`: a verdict differs between the two runs)
+      `--fail-on-change [verdict|metric|any]`, a verdict (the default) or a metric
+      changed against the previous comparable run (`kmatrix diff`: between the two
+      runs, or the two kernels)
   2   bad input: kernels.toml, an option, a run directory
   3   a prerequisite is missing (root, namespaces, qemu, vng, ...)
   4   a kernel could not be resolved, downloaded or verified (`kernels fetch`)
@@ -27,7 +28,8 @@ from matrix.cli import search as search_cli
 from matrix.errors import ConfigError, KmatrixError
 from matrix.model import Batch
 from matrix.plan import cells as plan
-from matrix.plan import config, hosts
+from matrix.plan import config, hosts, shard
+from matrix.results import history
 from matrix.results import table as results
 from matrix.run import factory, job, rundir
 from matrix.run.progress import Display
@@ -160,26 +162,91 @@ def _run_parser(sub: Any) -> None:
         metavar="RUN_DIR",
         help="run only the cells of RUN_DIR that have no result",
     )
-    r.add_argument("--no-report", action="store_true")
     r.add_argument(
-        "--fail-on-change",
-        action="store_true",
-        help="exit 1 if a verdict differs from the previous comparable run",
+        "--shard",
+        metavar="I/N",
+        help="run only shard I of N of the plan (whole kernels where it can); join with merge",
     )
+    r.add_argument("--no-report", action="store_true")
+    change_options(r, "the previous comparable run")
     r.set_defaults(func=cmd_run)
 
 
+FAIL_ON = ("verdict", "metric", "any")
+
+
+def change_options(p: argparse.ArgumentParser, against: str) -> None:
+    """--fail-on-change [verdict|metric|any], and what counts as a metric change."""
+    p.add_argument(
+        "--fail-on-change",
+        nargs="?",
+        const="verdict",
+        choices=FAIL_ON,
+        help=f"exit 1 if a verdict (the default), a metric, or either changed against {against}",
+    )
+    p.add_argument(
+        "--min-change",
+        type=_percent,
+        default=history.DEFAULT_MIN_CHANGE,
+        metavar="PERCENT",
+        help="a metric change smaller than this is not called (default: 5%%)",
+    )
+    p.add_argument(
+        "--alpha",
+        type=_alpha,
+        default=history.DEFAULT_ALPHA,
+        help="significance level of the metric tests (default: 0.05)",
+    )
+
+
+def _percent(text: str) -> float:
+    """'5%' or '5' -> 0.05."""
+    try:
+        value = float(text.strip().removesuffix("%")) / 100
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 10:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a percentage such as 5%")
+    return value
+
+
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected a number between 0 and 1")
+    return value
+
+
 def _history_parsers(sub: Any) -> None:
-    x = sub.add_parser("export", help="a run's results as JUnit XML or JSON lines")
+    x = sub.add_parser("export", help="a run's results as JUnit XML, JSON lines or KCIDB")
     x.add_argument("run_dir", type=Path)
-    x.add_argument("--format", choices=["junit", "jsonl"], required=True)
+    x.add_argument("--format", choices=["junit", "jsonl", "kcidb"], required=True)
     x.add_argument("--output", type=Path, help="file to write (default: stdout)")
     x.set_defaults(func=cmd_export)
-    d = sub.add_parser("diff", help="what changed between two runs")
+    d = sub.add_parser(
+        "diff", help="what changed between two runs, or between two kernels of one run"
+    )
     d.add_argument("run_a", type=Path, help="the earlier run directory")
-    d.add_argument("run_b", type=Path, help="the later run directory")
-    d.add_argument("--fail-on-change", action="store_true", help="exit 1 if a verdict changed")
+    d.add_argument(
+        "run_b", type=Path, nargs="?", help="the later run directory (default: run_a itself)"
+    )
+    d.add_argument(
+        "--kernels",
+        type=_names,
+        metavar="A,B",
+        help="compare kernel A (of run_a) with kernel B (of run_b, or of run_a)",
+    )
+    change_options(d, "the other run or kernel")
     d.set_defaults(func=cmd_diff)
+    m = sub.add_parser("merge", help="join the run directories of a plan's shards into one run")
+    m.add_argument("shards", nargs="+", type=Path, metavar="RUN_DIR")
+    m.add_argument("--out", type=Path, required=True, help="the merged run directory (new)")
+    m.add_argument("--no-report", action="store_true")
+    change_options(m, "the previous comparable run")
+    m.set_defaults(func=cmd_merge)
 
 
 def scenario_dir_option(p: argparse.ArgumentParser) -> None:
@@ -264,6 +331,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = effective(factory.load_config(args), args)
     display = Display()
     if args.resume:
+        if args.shard:
+            why = "not with --resume: a shard's run directory holds only its own cells"
+            raise ConfigError("command line", "--shard", why)
         run_dir = args.resume.resolve()
         saved = plan.from_doc(rundir.read_json(run_dir / "plan.json"))
         lock = rundir.lock_run(run_dir)
@@ -280,10 +350,19 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             progress=display.download,
             allow_unverified=cfg.settings.allow_unverified,
         )
-        kernels, failures = job.resolve(job.select(cfg, args.kernels), catalog)
+        specs = job.select(cfg, args.kernels)
+        share = None
+        if args.shard:
+            part = shard.parse(args.shard)
+            share, specs = shard.whole_plan(specs, cfg.sweep, cfg.catalogue, part)
+        kernels, failures = job.resolve(specs, catalog)
         batches = plan.plan(kernels, cfg.sweep, cfg.catalogue)
+        if share is not None:
+            batches = shard.take(share, batches)
+            total = share.summary["cells"]
+            display.note(f"shard {share.shard.label}: {len(share.positions)} of {total} cells")
         run_dir, lock = claim_run_dir(args.out, cfg.settings.runs_dir)
-        job.start_run(run_dir, batches, cfg, argv)
+        job.start_run(run_dir, batches, cfg, argv, share.to_doc() if share else None)
     with lock:
         return _run_claimed(args, cfg, display, run_dir, batches, failures)
 
@@ -312,6 +391,10 @@ def _run_claimed(
     jobs = 0 if args.jobs == 0 else job.auto_jobs(cfg)
     if jobs:
         job.check_runners(batches, runner_for, failures)
+    if not batches and not failures:
+        job.finish_run(run_dir, False)
+        display.note(f"{run_dir}: nothing to run here (a shard beyond the plan's cells)")
+        return 0
     remotes = remote_machines(cfg, run_dir, batches)
     display.start(
         run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed}, job.run_scenarios(run_dir)
@@ -324,17 +407,25 @@ def _run_claimed(
     reports = cfg.settings.reports_dir / run_dir.name
     report = None if args.no_report else factory.render(run_dir, reports, cfg.settings.runs_dir)
     display.summary(rows, run_dir, report)
-    changed = args.fail_on_change and _verdicts_changed(run_dir, cfg.settings.runs_dir)
+    changed = bool(args.fail_on_change) and _verdicts_changed(
+        run_dir, cfg.settings.runs_dir, args.fail_on_change, args.min_change, args.alpha
+    )
     if interrupted:
         print(f"kmatrix: interrupted; finish with: kmatrix run --resume {run_dir}", file=sys.stderr)
         return 130
     return 1 if changed or any(r["verdict"] == "infra" for r in rows) else 0
 
 
-def _verdicts_changed(run_dir: Path, runs_dir: Path) -> bool:
-    """--fail-on-change: print the diff against the previous comparable run; True if any."""
+def _verdicts_changed(
+    run_dir: Path,
+    runs_dir: Path,
+    on: str = "verdict",
+    min_change: float = history.DEFAULT_MIN_CHANGE,
+    alpha: float = history.DEFAULT_ALPHA,
+) -> bool:
+    """--fail-on-change: print the diff against the previous comparable run; True if it
+    has a change of the kind asked for (verdict, metric or any)."""
     from matrix.report.history import print_diff
-    from matrix.results import history
 
     runs = history.load_runs(runs_dir, run_dir.parent, run_dir)
     current = history.summarize(run_dir)
@@ -342,9 +433,9 @@ def _verdicts_changed(run_dir: Path, runs_dir: Path) -> bool:
     if prev is None:
         print("kmatrix: no previous comparable run; nothing to compare", file=sys.stderr)
         return False
-    d = history.diff(prev, current)
+    d = history.diff(prev, current, min_change, alpha)
     print_diff(d)
-    return d.verdicts_changed
+    return d.failed(on)
 
 
 def remote_machines(cfg: config.Config, run_dir: Path, batches: list[Batch]) -> list[Any]:
@@ -365,11 +456,14 @@ def cmd_report(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
-    from matrix.results import exports
+    from matrix.results import exports, kcidb
 
-    rows = results.load_run(args.run_dir).table.to_dict(orient="records")
+    data = results.load_run(args.run_dir)
+    rows = data.table.to_dict(orient="records")
     if args.format == "junit":
         text = exports.junit_xml(rows, args.run_dir.resolve().name)
+    elif args.format == "kcidb":
+        text = kcidb.dumps(kcidb.document(data))
     else:
         text = exports.jsonl(rows)
     if args.output is None:
@@ -385,11 +479,36 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_diff(args: argparse.Namespace, argv: list[str]) -> int:
     from matrix.report.history import print_diff
-    from matrix.results import history
 
-    d = history.diff(history.summarize(args.run_a), history.summarize(args.run_b))
+    a = history.summarize(args.run_a)
+    b = a if args.run_b is None else history.summarize(args.run_b)
+    if args.kernels:
+        if len(args.kernels) != 2:
+            raise ConfigError("command line", "--kernels", "expected two kernels, A,B")
+        a, b = history.kernel_view(a, args.kernels[0]), history.kernel_view(b, args.kernels[1])
+    elif args.run_b is None:
+        raise ConfigError(
+            "command line", "diff", "expected two run directories, or one with --kernels A,B"
+        )
+    d = history.diff(a, b, args.min_change, args.alpha)
     print_diff(d)
-    return 1 if args.fail_on_change and d.verdicts_changed else 0
+    return 1 if d.failed(args.fail_on_change) else 0
+
+
+def cmd_merge(args: argparse.Namespace, argv: list[str]) -> int:
+    """Join shards into one run directory, then its report (as `kmatrix run` would)."""
+    from matrix.run import merge
+
+    out = merge.merge(args.shards, args.out, argv)
+    print(out)
+    cfg = config.load(args.config)
+    if not args.no_report:
+        report = factory.render(out, cfg.settings.reports_dir / out.name, cfg.settings.runs_dir)
+        print(report)
+    changed = bool(args.fail_on_change) and _verdicts_changed(
+        out, cfg.settings.runs_dir, args.fail_on_change, args.min_change, args.alpha
+    )
+    return 1 if changed else 0
 
 
 def cmd_results(args: argparse.Namespace, argv: list[str]) -> int:

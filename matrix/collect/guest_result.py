@@ -2,17 +2,20 @@
 
 A result is whatever JSON the guest wrote. The classifier, the table and the report
 read a known set of keys (status, scenario, metrics.*, series[*].t/iterations...,
-evidence, error, sysctls) and would raise on a string where a number goes or a list
-where an object goes. `problem` checks exactly those keys, and every number anywhere in
-the document, and names the first thing wrong; `vet` swaps a bad result for a stand-in
-that classifies as infra ("collector crashed: malformed result: metrics.iterations is a
-string, not a number"), so one hostile cell never costs the run its table or report.
+evidence, error, sysctls, program, testcases, verdict, params) and would raise on a
+string where a number goes or a list where an object goes. `problem` checks exactly
+those keys (words from their fixed sets, strings and lists within the agent's own
+bounds), and that every number anywhere in the document is finite and in range, and
+names the first thing wrong; `vet` swaps a bad result for a stand-in that classifies as
+infra ("result rejected: malformed result: metrics.iterations is a string, not a
+number"), so one hostile cell never costs the run its table or report.
 Nothing is coerced: a result either passes as it is or is replaced whole.
 Stdlib only (with the classifier): the remote batch imports the runners on SSH hosts.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,19 @@ from matrix.collect import guest_files
 
 MAX_MAGNITUDE = 2**63
 """No count, time or counter a puzzle records comes near this; larger is not a reading."""
+STATUSES = ("ok", "setup_failed", "timeout", "crashed", "no_result", "rejected")
+"""What the agent writes (collectors/agent_exec.py), and `stand_in`'s own."""
+OUTCOMES = ("pass", "fail", "skip", "error")
+CASE_RESULTS = ("pass", "fail", "skip", "unknown", "error")
+CASE_SOURCES = ("lava", "ktap")
+CONVENTIONS = ("json", "lava", "ktap", "exit")
+VERDICTS = ("success", "slowdown", "hang", "error", "fail", "skip")
+"""A program's own verdict in its result.json (collectors/agent_report.py)."""
+MAX_TESTCASES = 2000
+NAME_CHARS, UNITS_CHARS, SIGNAL_CHARS, TAIL_CHARS = 256, 64, 32, 4000
+MAX_ARGS, ARG_CHARS = 256, 4096
+MAX_PARAMS, PARAM_CHARS = 64, 4096
+"""The agent's own bounds on what it writes; anything past them is not its document."""
 
 Check = Callable[[Any, str], str]
 """(value, its path) -> "" or what is wrong with it."""
@@ -94,7 +110,7 @@ def _join(path: str, key: str | int) -> str:
 
 
 def _numbers_in_range(doc: Any) -> str:
-    """Every number anywhere in the document within ±2**63 (no recursion)."""
+    """Every number anywhere in the document finite and within ±2**63 (no recursion)."""
     stack: list[tuple[Any, str]] = [(doc, "")]
     while stack:
         value, path = stack.pop()
@@ -102,7 +118,7 @@ def _numbers_in_range(doc: Any) -> str:
             stack.extend((v, _join(path, k)) for k, v in value.items())
         elif isinstance(value, list):
             stack.extend((v, _join(path, i)) for i, v in enumerate(value))
-        elif _is_number(value) and abs(value) >= MAX_MAGNITUDE:
+        elif _is_number(value) and not (math.isfinite(value) and abs(value) < MAX_MAGNITUDE):
             return f"{path} is out of range"
     return ""
 
@@ -167,6 +183,63 @@ def _values(item: Check) -> Check:
         return next((w for k, v in value.items() if (w := item(v, _join(path, k)))), "")
 
     return check
+
+
+def _capped(chars: int, nullable: bool = True) -> Check:
+    """A string of at most `chars` characters."""
+    kind = _kind("a string", lambda v: isinstance(v, str), nullable)
+
+    def check(value: Any, path: str) -> str:
+        why = kind(value, path)
+        if why or value is None or len(value) <= chars:
+            return why
+        return f"{path} is longer than {chars} characters"
+
+    return check
+
+
+def _one_of(names: tuple[str, ...], nullable: bool = True) -> Check:
+    """One of a fixed set of words."""
+
+    def check(value: Any, path: str) -> str:
+        if value is None and nullable:
+            return ""
+        if not isinstance(value, str):
+            return f"{path} is {_what(value)}, not a string"
+        return "" if value in names else f"{path} is {value[:40]!r}, not one of {', '.join(names)}"
+
+    return check
+
+
+def _at_most(count: int, check: Check) -> Check:
+    """A list or object (as `check` wants it) of at most `count` items."""
+
+    def bounded(value: Any, path: str) -> str:
+        if isinstance(value, list | dict) and len(value) > count:
+            return f"{path} has more than {count} items"
+        return check(value, path)
+
+    return bounded
+
+
+_PARAM = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _params(value: Any, path: str) -> str:
+    """The cell's parameters: lower-case names to bounded strings."""
+    why = _shape(value, path, dict, "an object", True)
+    if why is not None:
+        return why
+    bad = next((k for k in value if not _PARAM.fullmatch(k)), None)
+    if bad is not None:
+        return f"{_join(path, bad)} is not a parameter name"
+    return _values(_capped(PARAM_CHARS, nullable=False))(value, path)
+
+
+def _exit_code(value: Any, path: str) -> str:
+    if value is None or (_is_integer(value) and 0 <= value <= 255):
+        return ""
+    return f"{path} is not an exit status (0-255)"
 
 
 def _port_range(value: Any, path: str) -> str:
@@ -272,16 +345,37 @@ SYSCTLS: dict[str, Check] = {
     "read_back": _values(SCALAR),
     "problems": _each(_object(PROBLEM, required=("key", "problem"), nullable=False), False),
 }
+PROGRAM: dict[str, Check] = {
+    "argv": _at_most(MAX_ARGS, _each(_capped(ARG_CHARS, nullable=False))),
+    "exit_code": _exit_code,
+    "signal": _capped(SIGNAL_CHARS),
+    "outcome": _one_of(OUTCOMES),
+    "reported": _at_most(len(CONVENTIONS), _each(_one_of(CONVENTIONS, nullable=False))),
+    "stdout_tail": _capped(TAIL_CHARS),
+}
+TESTCASE: dict[str, Check] = {
+    "name": _capped(NAME_CHARS, nullable=False),
+    "result": _one_of(CASE_RESULTS, nullable=False),
+    "measurement": NUMBER,
+    "units": _capped(UNITS_CHARS),
+    "source": _one_of(CASE_SOURCES, nullable=False),
+}
 TOP: dict[str, Check] = {
-    **dict.fromkeys(
-        ("status", "status_detail", "cell_id", "scenario", "kernel_release", "run_host"), STRING
-    ),
+    **dict.fromkeys(("status_detail", "cell_id", "scenario", "kernel_release", "run_host"), STRING),
+    "status": _one_of(STATUSES),
     "log_tail": STRING,
     "metrics": _object(METRICS, nullable=False),
-    "series": _each(_object(SAMPLE, required=("t", "iterations"), nullable=False)),
+    "series": _each(_object(SAMPLE, required=("t",), nullable=False)),
     "evidence": _object(EVIDENCE),
     "error": _error,
     "sysctls": _object(SYSCTLS, nullable=False),
     "limits": _values(NUMBER),
     "host_load": _values(NUMBER),
+    "program": _object(PROGRAM),
+    "testcases": _at_most(
+        MAX_TESTCASES,
+        _each(_object(TESTCASE, required=("name", "result", "source"), nullable=False)),
+    ),
+    "verdict": _one_of(VERDICTS),
+    "params": _at_most(MAX_PARAMS, _params),
 }

@@ -15,8 +15,11 @@ from rich.console import Console
 from rich.text import Text
 
 from matrix import __version__
+from matrix.classify.figures import shown
+from matrix.model import Verdict
 from matrix.results.history import (
     CellState,
+    MetricChange,
     RunDiff,
     RunSummary,
     diff,
@@ -27,7 +30,7 @@ from matrix.results.history import (
 from matrix.run import rundir
 from matrix.run.progress import COLOURS, clean
 
-VERDICT_ORDER = ("success", "slowdown", "hang", "error", "infra")
+VERDICT_ORDER = tuple(v.value for v in Verdict)
 
 
 def _page_manifest(title: str) -> dict[str, Any]:
@@ -74,7 +77,47 @@ def diff_context(d: RunDiff | None, run: RunSummary, reports_dir: Path) -> dict[
     ]
     ctx["added"] = [side(d.b, c) for c in d.added]
     ctx["removed"] = [side(d.a, c) for c in d.removed]
+    ctx["metrics"] = [metric_row(m) for m in d.metrics]
+    ctx["metric_changes"] = [r for r in ctx["metrics"] if r["called"]]
+    ctx["metric_rule"] = metric_rule(d)
     return ctx
+
+
+def _percent(x: float | None) -> str:
+    return "—" if x is None else f"{x * 100:+.1f}%"
+
+
+def metric_row(m: MetricChange) -> dict[str, Any]:
+    """A compared metric as the diff page and the terminal show it."""
+    c = m.comparison
+    interval = (
+        "—" if c.low is None or c.high is None else f"{_percent(c.low)} to {_percent(c.high)}"
+    )
+    return {
+        "name": m.name,
+        "before": m.before,
+        "after": m.after,
+        "metric": m.metric.title,
+        "median_before": shown(c.median_a, m.metric),
+        "median_after": shown(c.median_b, m.metric),
+        "trials": f"{c.n_a} vs {c.n_b}",
+        "change": _percent(c.change),
+        "interval": interval,
+        "p": f"{c.p_value:.3g}",
+        "test": c.test,
+        "called": c.called,
+        "direction": m.direction,
+    }
+
+
+def metric_rule(d: RunDiff) -> str:
+    """How a metric change is called, with this diff's thresholds."""
+    return (
+        f"called when significant at alpha {d.alpha:g} and the median moved at least "
+        f"{d.min_change * 100:g}%; the Mann-Whitney U test (exact) decides when the trials "
+        f"can reach alpha, else the bootstrap interval of the ratio of medians must exclude "
+        f"no change; at least 3 trials a side"
+    )
 
 
 def index_context(runs: list[RunSummary], reports_dir: Path) -> dict[str, Any]:
@@ -145,13 +188,29 @@ def print_diff(d: RunDiff, console: Console | None = None) -> None:
     for label, cells in (("added", d.added), ("removed", d.removed)):
         for cell in cells:
             console.print(Text(f"  {label}: {clean(cell.name)} ({cell.verdict})"))
+    for m in d.metric_changes:
+        r = metric_row(m)
+        console.print(
+            Text(
+                f"  metric: {clean(r['name'])}: {r['metric']} {clean(r['median_before'])} -> "
+                f"{clean(r['median_after'])}, {r['change']} ({(1 - d.alpha) * 100:g}% interval "
+                f"{r['interval']}; {r['test']} p={r['p']}, {r['trials']} trials)"
+                + (f" {r['direction']}" if r["direction"] else "")
+            )
+        )
     console.print(
         Text(
             f"{len(d.changed)} verdicts changed, {len(d.added)} cells added, "
             f"{len(d.removed)} removed, {len(d.releases)} kernels rebuilt, "
-            f"{d.unchanged} unchanged"
+            f"{d.unchanged} unchanged; {len(d.metric_changes)} metrics changed of "
+            f"{d.metrics_testable} tested (min change {d.min_change * 100:g}%, "
+            f"alpha {d.alpha:g})"
         )
     )
+    if d.metrics and not d.metrics_testable:
+        console.print(
+            Text("  metrics not tested: fewer than 3 trials a side (run with --trials 3 or more)")
+        )
 
 
 def _verdict(cell: CellState) -> Text:

@@ -83,7 +83,7 @@ def build_rows(
     base = Baselines(plan, raw)
     rows = []
     for cell in plan["cells"]:
-        batch = batches.get(cell["kernel"], {})
+        batch = batches.get(cell.get("batch") or cell["kernel"]) or batches.get(cell["kernel"], {})
         failure = batch_failure(batches, cell["kernel"]) or "not run (run interrupted?)"
         spec = scenarios.find(cell["scenario"])
         try:
@@ -107,9 +107,13 @@ def unclassifiable(cell_id: str, error: Exception) -> Folded:
 
 def batch_failure(batches: dict[str, dict[str, Any]], kernel: str) -> str:
     """Why a kernel's cells may lack a first measurement: the failures of the batches that
-    ran them, `<kernel>` and its parts (`<kernel>+p2`); re-measurements (`+r2`) do not count."""
-    parts = [n for n in batches if n.startswith(f"{kernel}+p")]
-    names = [n for n in [kernel, *sorted(parts)] if n in batches and "+r" not in n]
+    ran them, `<kernel>`, its parts (`<kernel>+p2`) and its shards in a merged run
+    (`<kernel>+s2`); re-measurements (`+r2`) do not count."""
+    names = [
+        n
+        for n in sorted(batches, key=lambda n: (n != kernel, n))
+        if n.partition("+")[0] == kernel and not any(t[:1] == "r" for t in n.split("+")[1:])
+    ]
     failures = [batches[n].get("failure") for n in names]
     return "; ".join(dict.fromkeys(f for f in failures if f))
 

@@ -68,11 +68,22 @@ def auto_jobs(config: Config) -> int:
     return max(1, min(cores // config.settings.cpus, by_mem))
 
 
-def start_run(run_dir: Path, batches: list[Batch], config: Config, argv: list[str]) -> None:
+def start_run(
+    run_dir: Path,
+    batches: list[Batch],
+    config: Config,
+    argv: list[str],
+    shard: dict[str, Any] | None = None,
+) -> None:
+    """plan.json and manifest.json, before anything runs; a shard's manifest says which
+    part of which plan it holds (see `matrix.plan.shard`)."""
     rundir.check_writable(run_dir)
     doc = plan.to_doc(batches, config.sweep.fixed, config.catalogue, config.sweep.baseline)
     rundir.write_json(run_dir / "plan.json", doc)
-    rundir.write_json(run_dir / "manifest.json", manifest(run_dir, config, argv))
+    man = manifest(run_dir, config, argv)
+    if shard is not None:
+        man["shard"] = shard
+    rundir.write_json(run_dir / "manifest.json", man)
 
 
 def manifest(run_dir: Path, config: Config, argv: list[str]) -> dict[str, Any]:
@@ -107,8 +118,12 @@ def finish_run(run_dir: Path, interrupted: bool) -> list[dict[str, Any]]:
     doc["ended_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     doc["interrupted"] = interrupted
     rundir.write_json(run_dir / "manifest.json", doc)
-    data = results.load_run(run_dir)
-    rows = data.table.to_dict(orient="records")
+    return write_tables(run_dir)
+
+
+def write_tables(run_dir: Path) -> list[dict[str, Any]]:
+    """results.jsonl and results.junit.xml, rebuilt from what the run directory holds."""
+    rows = results.load_run(run_dir).table.to_dict(orient="records")
     results.write_table(run_dir, rows)
     write_junit(run_dir, rows)
     return rows

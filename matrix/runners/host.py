@@ -62,7 +62,7 @@ class HostRunner:
         log_path = workdir / "agent.log"
         collector = ResultCollector(out, [c.id for c in batch.cells], on_result)
         deadline = start + batch_budget_s(batch)
-        argv = agent_argv(workdir, self.python, self.agent)
+        argv = agent_argv(workdir, self.python, self.agent, net_only=True)
         session = procs.start_session(argv, log_path, cwd=workdir)
         try:
             failure = self._wait(session, collector, stop, deadline)

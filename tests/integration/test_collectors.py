@@ -1,30 +1,36 @@
 """The guest collectors on this machine's kernel: real namespaces, real sysctls, real loops.
 
-Each cell runs in its own network namespace, so these tests never change the host's
-sysctls; the last test checks that.
+The built-in puzzles run as the agent runs them (their manifests' commands, limits from
+KMATRIX_*), so these prove what they measure. Each cell runs in its own network
+namespace, so these tests never change the host's sysctls; the last test checks that.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-COLLECTORS = Path(__file__).resolve().parents[2] / "collectors"
-AGENT = COLLECTORS / "agent.py"
+from tests.fixtures.agent_cells import (
+    AGENT,
+    BUILTIN,
+    COLLECTORS,
+    FIXTURES,
+    cell,
+    load_collector,
+    run_agent,
+)
+
 HOST_KEYS = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_max_tw_buckets", "net.ipv4.ip_local_port_range")
 SMALL_RANGE = "40000 40999"  # 1000 ports: 2B runs out of them in well under a second
 FULL_RANGE = "32768 60999"
@@ -46,65 +52,9 @@ pytestmark = [
 ]
 
 
-def _load(name: str) -> Any:
-    spec = importlib.util.spec_from_file_location(f"collector_{name}", COLLECTORS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-agent = _load("agent")
-puzzle2 = _load("puzzle2")
-
-
-def cell(
-    cell_id: str,
-    scenario: str,
-    sysctls: dict[str, str] | None = None,
-    window_s: float = 5.0,
-    cap: int = 1_000_000,
-) -> dict[str, Any]:
-    return {
-        "id": cell_id,
-        "scenario": scenario,
-        "sysctls": sysctls or {},
-        "trial": 0,
-        "window_s": window_s,
-        "iteration_cap": cap,
-        "stall_s": 3.0,
-        "sample_s": 0.25,
-    }
-
-
-def run_agent(out: Path, cells: list, python: str = sys.executable) -> dict[str, Any]:
-    """Run the agent as the runners do; check its protocol; return results by cell id."""
-    out.mkdir(parents=True, exist_ok=True)
-    cells_file = out.parent / f"{out.name}-cells.json"
-    cells_file.write_text(json.dumps({"cells": cells}))
-    proc = subprocess.run(
-        [python, str(AGENT), "--cells", str(cells_file), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[0].startswith("KMATRIX-AGENT-START ")
-    assert lines[-1] == f"KMATRIX-AGENT-DONE {len(cells)}"
-    summary = json.loads((out / "agent.json").read_text())
-    assert summary["host_sysctl_changed"] == []
-    assert summary["cells_total"] == summary["cells_done"] == len(cells)
-    results = {c["id"]: json.loads((out / f"{c['id']}.json").read_text()) for c in cells}
-    for c in cells:
-        doc = results[c["id"]]
-        progress = {
-            f"KMATRIX-CELL {c['id']} {word} {c['scenario']}" for word in (doc["status"], "skipped")
-        }
-        assert progress & set(lines), lines
-        assert doc["schema"] == 1 and doc["cell_id"] == c["id"]
-        assert doc["netns"]["inode"] != doc["netns"]["parent_inode"]
-    return results
+agent = load_collector(AGENT)
+netns = load_collector(COLLECTORS / "agent_netns.py")
+puzzle2 = load_collector(BUILTIN / "puzzle2.py")
 
 
 def half_rates(doc: dict[str, Any]) -> tuple:
@@ -220,43 +170,6 @@ def test_resume_skips_a_cell_that_has_a_result(tmp_path: Path) -> None:
     assert json.loads((out / "agent.json").read_text())["cells_skipped"] == 1
 
 
-def _stub_cell(tmp_path: Path, run: Callable, window_s: float = 1.0) -> dict[str, Any]:
-    """Run one cell through the agent's real fork/namespace/deadline path with a stub puzzle."""
-    c = cell("stub", "1A", window_s=window_s)
-    c["stall_s"] = 0.0
-    status = agent.execute(c, types.SimpleNamespace(run=run), agent.netns_inode(), tmp_path)
-    doc = json.loads((tmp_path / "stub.json").read_text())
-    assert doc["status"] == status
-    return doc
-
-
-def _killed(cell: dict, log: Callable) -> dict:
-    log("about to die")
-    os.kill(os.getpid(), signal.SIGKILL)
-    return {}
-
-
-def _raise(cell: dict, log: Callable) -> dict:
-    raise RuntimeError("puzzle exploded")
-
-
-def test_child_that_dies_is_reported_as_crashed(tmp_path: Path) -> None:
-    doc = _stub_cell(tmp_path, _killed)
-    assert doc["status"] == "crashed"
-    assert "signal 9" in doc["status_detail"]
-    assert "about to die" in doc["log_tail"]
-    doc = _stub_cell(tmp_path, _raise)
-    assert doc["status"] == "crashed" and "puzzle exploded" in doc["log_tail"]
-
-
-def test_child_past_its_deadline_is_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent, "DEADLINE_SLACK_S", 0.5)
-    began = time.monotonic()
-    doc = _stub_cell(tmp_path, lambda cell, log: time.sleep(60), window_s=0.5)
-    assert doc["status"] == "timeout"
-    assert time.monotonic() - began < 10
-
-
 def _sleeper() -> int:
     pid = os.fork()
     if pid == 0:
@@ -271,7 +184,7 @@ def _sleeper() -> int:
     ("window_s", "stall_s", "expected"), [(30.0, 1.0, "stall"), (0.5, 30.0, "window")]
 )
 def test_monitor_kills_a_loop_that_stops(window_s: float, stall_s: float, expected: str) -> None:
-    shared = puzzle2.Shared(16)
+    shared = puzzle2.probe.Shared(16)
     watched = puzzle2.monitor(_sleeper(), shared, window_s, stall_s, 0.1)
     assert watched["killed_for"] == expected
     assert os.WIFSIGNALED(watched["status"])
@@ -290,7 +203,7 @@ def _in_fresh_netns(fn: Callable[[], Any]) -> Any:
     if pid == 0:
         os.close(read_end)
         try:
-            agent.unshare_net()
+            netns.unshare_net()
             payload = {"value": fn()}
         except BaseException:
             payload = {"exception": traceback.format_exc()}
@@ -335,6 +248,24 @@ def test_leak_check_puts_back_a_changed_sysctl() -> None:
     assert got["now"] == "2"
 
 
+def test_a_cell_without_a_command_is_bad_input(tmp_path: Path) -> None:
+    """Nothing runs: exit 2 before the first cell, no result, no agent.json."""
+    bare = cell("bare", "1A")
+    del bare["command"]
+    cells = tmp_path / "cells.json"
+    cells.write_text(json.dumps({"cells": [cell("fine", "1B"), bare]}))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(AGENT), "--cells", str(cells), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "cell 1: missing command" in proc.stderr
+    assert not out.exists()
+
+
 def test_agent_refuses_to_run_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent.os, "geteuid", lambda: 1000)
     assert agent.main(["--cells", str(tmp_path / "none.json"), "--out", str(tmp_path)]) == 3
@@ -356,11 +287,20 @@ def _python38() -> str | None:
 
 @pytest.mark.skipif(_python38() is None, reason="no working python3.8 (set KMATRIX_PYTHON38)")
 def test_agent_runs_on_python38(tmp_path: Path) -> None:
-    results = run_agent(
-        tmp_path / "out", [cell("old", "1B"), cell("old2", "2B", window_s=1)], python=_python38()
-    )
+    """The agent and both puzzle programs (run by the same interpreter) on 3.8, and the
+    agent reading LAVA and KTAP lines there."""
+    old = _python38()
+    cells = [cell("old", "1B"), cell("old2", "2B", window_s=1)]
+    for c in cells:
+        c["command"][0] = old
+    cells += [cell("lava", FIXTURES / "lava"), cell("ktap", FIXTURES / "ktap")]
+    results = run_agent(tmp_path / "out", cells, python=old)
     assert results["old"]["python"].startswith("3.8")
+    assert {doc["status"] for doc in results.values()} == {"ok"}
+    assert results["old"]["metrics"]["ended_by"] == "pollout"
     assert results["old2"]["metrics"]["iterations"] > 0
+    assert results["lava"]["metrics"] == {"throughput": 42.5}
+    assert results["ktap"]["program"]["outcome"] == "fail"
 
 
 def test_host_namespace_sysctls_are_unchanged() -> None:
@@ -371,7 +311,7 @@ def test_a_collapsed_loop_is_stopped_early_and_says_so(tmp_path: Path) -> None:
     """2B on the full range crawls after ~14,100 connections; with collapse_s the cell
     ends a few seconds into the crawl instead of at its window."""
     full = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": FULL_RANGE})
-    c = dict(cell("collapse", "2B", full, window_s=30.0), collapse_s=2.0)
+    c = cell("collapse", "2B", full, window_s=30.0, collapse_s=2.0)
     doc = run_agent(tmp_path / "out", [c])["collapse"]
     m = doc["metrics"]
     assert m["ended_by"] == "collapse", m
@@ -387,7 +327,7 @@ def _hammer(shared: Any, n: int) -> int:
     if pid == 0:
         words = shared.words
         for i in range(1, n + 1):
-            words[puzzle2.ITERATIONS] = i
+            words[puzzle2.probe.COUNTER] = i
         os._exit(0)
     return pid
 
@@ -395,12 +335,12 @@ def _hammer(shared: Any, n: int) -> int:
 def test_the_shared_counter_never_reads_torn() -> None:
     """One process stores the counter, another reads it without a pause: every read is
     a value that was stored (no zero in the middle, never smaller than the last)."""
-    shared = puzzle2.Shared(16)
+    shared = puzzle2.probe.Shared(16)
     n = 3_000_000
     pid = _hammer(shared, n)
     reads, last, bad = 0, 0, []
     while last < n:
-        got = shared.iterations()
+        got = shared.count()
         reads += 1
         if got < last:
             bad.append((last, got))
@@ -412,7 +352,7 @@ def test_the_shared_counter_never_reads_torn() -> None:
 
 
 def test_the_monitor_treats_a_smaller_count_as_impossible() -> None:
-    shared = puzzle2.Shared(16)
+    shared = puzzle2.probe.Shared(16)
     watch = puzzle2.Watch(os.getpid(), shared, 10.0, 0.0, puzzle2.Goal(None, None, None))
     shared.words[puzzle2.ITERATIONS] = 500
     watch.sample()
@@ -429,7 +369,7 @@ def test_a_loop_stops_once_past_the_knee_by_both_margins() -> None:
     """With a small range the knee comes early; the cell ends by its goal, well before
     its safety limits, and says where the knee was."""
     sysctls = dict(TW_SEED, **{"net.ipv4.ip_local_port_range": "32768 36863"})
-    c = dict(cell("goal", "2A", sysctls, window_s=60.0), knee_margin=500, knee_margin_s=1.0)
+    c = cell("goal", "2A", sysctls, window_s=60.0, knee_margin=500, knee_margin_s=1.0)
     out = Path(tempfile.mkdtemp(prefix="kmatrix-goal-")) / "out"
     doc = run_agent(out, [c])["goal"]
     m = doc["metrics"]

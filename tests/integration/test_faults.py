@@ -244,21 +244,32 @@ for cell in agent.load_cells(args.cells):
 """
 
 SLEEPER_AGENT = """
-import subprocess
 import agent
 
-class Sleeper:
-    @staticmethod
-    def run(cell, log):
-        log("sleeping forever")
-        marker = os.path.dirname(os.path.abspath(__file__))
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", marker])
-        time.sleep(3600)
-
-agent.DEADLINE_SLACK_S = 1.0
-agent.load_puzzle = lambda name: Sleeper
+SLEEP = (
+    "import subprocess, sys, time; "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)', sys.argv[1]]); "
+    "print('sleeping forever', file=sys.stderr, flush=True); time.sleep(3600)"
+)
+args = agent.parse_args(None)
+marker = os.path.dirname(os.path.abspath(__file__))
+with open(args.cells) as f:
+    doc = json.load(f)
+for cell in doc["cells"]:
+    cell.update(
+        command=[sys.executable, "-c", SLEEP, marker],
+        scenario_dir=marker,
+        result="exit",
+        timeout_s=2.0,
+        env_limits=[],
+    )
+with open(args.cells, "w") as f:
+    json.dump(doc, f)
+agent.agent_exec.DEADLINE_SLACK_S = 1.0
 sys.exit(agent.main())
 """
+"""Every cell's program sleeps (and leaves a grandchild sleeping) past a deadline of
+2 s plus 1 s of slack."""
 
 
 def test_collector_writing_malformed_json_is_infra(tmp_path: Path) -> None:
@@ -268,13 +279,13 @@ def test_collector_writing_malformed_json_is_infra(tmp_path: Path) -> None:
     assert_no_leftovers(tmp_path)
     rows = rows_of(cfg, run_dir)
     assert [r["verdict"] for r in rows] == ["infra", "infra"]
-    assert all("collector crashed: malformed result JSON" in r["reason"] for r in rows), rows
+    assert all("result rejected: malformed result JSON" in r["reason"] for r in rows), rows
     assert "without results for 2 cells" in batch_of(run_dir, "host")["failure"]
 
 
 def test_collector_that_sleeps_forever_hits_its_cell_deadline(tmp_path: Path) -> None:
-    """The agent's own per-cell deadline (window + stall + slack) kills the puzzle's
-    whole process group, grandchildren included, and the next cell still runs."""
+    """The agent's own per-cell deadline (timeout_s + slack) kills the program's whole
+    process group, grandchildren included, and the next cell still runs."""
     cfg = write_config(tmp_path, HOST)
     agent = agent_script(tmp_path, "sleeper", SLEEPER_AGENT)
     started = time.monotonic()

@@ -64,7 +64,7 @@ CASES = [
     (with_(P2, "series", {"t": 1}), "series is an object, not a list"),
     (with_(P2, "series.2", [0.4, 10316]), "series[2] is a list, not an object"),
     (with_(P2, "series.2.t", "0.4"), "series[2].t is a string, not a number"),
-    (with_(P2, "series.2", {"t": 0.4}), "series[2].iterations is missing"),
+    (with_(P2, "series.2", {"iterations": 4}), "series[2].t is missing"),
     (with_(P2, "series.3.state", ["R"]), "series[3].state is a list, not a string"),
     (with_(P2, "evidence", "stalled"), "evidence is a string, not an object"),
     (with_(P2, "evidence.stall", ["S"]), "evidence.stall is a list, not an object"),
@@ -129,3 +129,76 @@ def test_read_turns_every_failure_into_a_stand_in(tmp_path: Path) -> None:
         "b": "unreadable result: b.json is a symbolic link, not a regular file",
         "c": "malformed result: metrics.iterations is a string, not a number",
     }
+
+
+PROGRAM = {
+    "argv": ["python3", "/s/puzzle2.py", "--close-first", "server"],
+    "exit_code": 0,
+    "signal": None,
+    "outcome": "pass",
+    "reported": ["json", "exit"],
+    "stdout_tail": "",
+}
+CASE = {
+    "name": "throughput",
+    "result": "pass",
+    "measurement": 1.5,
+    "units": "MB/s",
+    "source": "lava",
+}
+P2X = dict(
+    P2,
+    program=PROGRAM,
+    testcases=[CASE, dict(CASE, name="x", measurement=None, units=None, source="ktap")],
+    verdict="slowdown",
+    params={"streams": "4"},
+)
+NEW_CASES = [
+    (with_(P2X, "status", "exploded"), "status is 'exploded', not one of ok, setup_failed"),
+    (with_(P2X, "verdict", "great"), "verdict is 'great', not one of success"),
+    (with_(P2X, "verdict", 1), "verdict is a number, not a string"),
+    (with_(P2X, "program", []), "program is a list, not an object"),
+    (with_(P2X, "program.argv", "python3 x"), "program.argv is a string, not a list"),
+    (with_(P2X, "program.argv", ["x"] * 257), "program.argv has more than 256 items"),
+    (with_(P2X, "program.argv", ["x" * 4097]), "program.argv[0] is longer than 4096"),
+    (with_(P2X, "program.argv", [None]), "program.argv[0] is null, not a string"),
+    (with_(P2X, "program.exit_code", 300), "program.exit_code is not an exit status"),
+    (with_(P2X, "program.exit_code", "0"), "program.exit_code is not an exit status"),
+    (with_(P2X, "program.signal", "S" * 33), "program.signal is longer than 32"),
+    (with_(P2X, "program.outcome", "passed"), "program.outcome is 'passed', not one of"),
+    (with_(P2X, "program.reported", ["xml"]), "program.reported[0] is 'xml', not one of"),
+    (with_(P2X, "program.reported", ["json"] * 5), "program.reported has more than 4 items"),
+    (with_(P2X, "program.stdout_tail", "x" * 4001), "program.stdout_tail is longer than 4000"),
+    (with_(P2X, "testcases", {"a": CASE}), "testcases is an object, not a list"),
+    (with_(P2X, "testcases", [CASE] * 2001), "testcases has more than 2000 items"),
+    (with_(P2X, "testcases.0", "ok 1"), "testcases[0] is a string, not an object"),
+    (
+        with_(P2X, "testcases.0", {"result": "pass", "source": "lava"}),
+        "testcases[0].name is missing",
+    ),
+    (with_(P2X, "testcases.0.name", "n" * 257), "testcases[0].name is longer than 256"),
+    (with_(P2X, "testcases.0.result", "maybe"), "testcases[0].result is 'maybe', not one of"),
+    (with_(P2X, "testcases.0.source", "junit"), "testcases[0].source is 'junit', not one of"),
+    (with_(P2X, "testcases.0.measurement", "1.5"), "testcases[0].measurement is a string"),
+    (with_(P2X, "testcases.0.measurement", float("nan")), "testcases[0].measurement is out of"),
+    (with_(P2X, "testcases.1.units", "u" * 65), "testcases[1].units is longer than 64"),
+    (with_(P2X, "params", ["streams"]), "params is a list, not an object"),
+    (with_(P2X, "params", {"PATH": "/tmp"}), "params.PATH is not a parameter name"),
+    (with_(P2X, "params.streams", 4), "params.streams is a number, not a string"),
+    (with_(P2X, "params.streams", "4" * 4097), "params.streams is longer than 4096"),
+    (with_(P2X, "params", {f"p{i}": "1" for i in range(65)}), "params has more than 64 items"),
+    (with_(P2X, "metrics.elapsed_s", float("inf")), "metrics.elapsed_s is out of range"),
+]
+
+
+def test_the_new_keys_within_bounds_pass() -> None:
+    assert guest_result.problem(P2X) == ""
+    for status in guest_result.STATUSES:
+        assert guest_result.problem(dict(P2X, status=status)) == "", status
+    assert guest_result.problem(dict(P2X, program=None, verdict=None, params={})) == ""
+
+
+@pytest.mark.parametrize(("doc", "why"), NEW_CASES, ids=[w for _, w in NEW_CASES])
+def test_a_new_key_out_of_bounds_is_named(doc: Any, why: str) -> None:
+    assert why in guest_result.problem(doc)
+    assert guest_result.vet(doc, "c1")["status"] == "rejected"

@@ -1,0 +1,140 @@
+"""The agent's network-namespace work: unshare, bring lo up, write and read back sysctls.
+
+Stdlib only, Python 3.8+, no `ip` or `sysctl` binary needed. `setup_namespace` runs in
+the cell's forked child before its program; `read_sysctl`/`write_sysctl` also serve the
+agent's leak check in the namespace it started in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+NET_PREFIX = "net."
+"""Sysctls under net. are per network namespace (or absent from a non-initial one)."""
+
+
+def netns_inode() -> int:
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def normalise(text: str) -> str:
+    """sysctl values compare by words: "32768\\t60999" equals "32768 60999"."""
+    return " ".join(text.split())
+
+
+def sysctl_path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+def read_sysctl(key: str) -> str | None:
+    try:
+        with open(sysctl_path(key)) as f:
+            return normalise(f.read())
+    except OSError:
+        return None
+
+
+def write_sysctl(key: str, value: str) -> None:
+    with open(sysctl_path(key), "w") as f:
+        f.write(value)
+
+
+def unshare_net() -> None:
+    """unshare(CLONE_NEWNET) through libc: os.unshare exists only from Python 3.12."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def loopback_up() -> None:
+    """Set IFF_UP on lo with SIOCSIFFLAGS."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
+
+
+def apply_sysctl(key: str, value: str) -> tuple:
+    """Write one sysctl and read it back; returns (read_back, problem or None)."""
+    if not os.path.exists(sysctl_path(key)):
+        return None, {
+            "key": key,
+            "problem": "missing",
+            "detail": f"{sysctl_path(key)} does not exist",
+        }
+    try:
+        write_sysctl(key, value)
+    except OSError as e:
+        return read_sysctl(key), {
+            "key": key,
+            "problem": "write_failed",
+            "detail": f"{e.strerror or e} writing {value!r}",
+        }
+    got = read_sysctl(key)
+    if got != normalise(value):
+        return got, {
+            "key": key,
+            "problem": "mismatch",
+            "detail": f"wrote {value!r}, read back {got!r}",
+        }
+    return got, None
+
+
+def apply_sysctls(requested: dict[str, str]) -> tuple:
+    """Every sysctl of the cell, in order; returns (read_back, problems)."""
+    read_back: dict[str, str | None] = {}
+    problems = []
+    for key, value in requested.items():
+        read_back[key], problem = apply_sysctl(key, str(value))
+        if problem:
+            problems.append(problem)
+    return read_back, problems
+
+
+def refused_sysctls(requested: dict[str, Any]) -> list:
+    """For a machine that is kept: a problem for each sysctl outside net.*, which a
+    namespace does not confine (kernel.*, vm.*: one write changes the machine)."""
+    return [
+        {
+            "key": key,
+            "problem": "refused",
+            "detail": "not a net.* sysctl: on a machine that is kept (--net-only) only "
+            "per-namespace net.* keys are written",
+        }
+        for key in requested
+        if not key.startswith(NET_PREFIX)
+    ]
+
+
+def setup_namespace(result: dict[str, Any], log: Callable[[str], None]) -> bool:
+    """Enter a new namespace, bring lo up, set the sysctls; False if the program must
+    not run (`result` then says why: status setup_failed and its detail)."""
+    unshare_net()
+    inode = netns_inode()
+    result["netns"]["inode"] = inode
+    if inode == result["netns"]["parent_inode"]:
+        result["status"] = "setup_failed"
+        result["status_detail"] = "unshare left the process in the starting namespace"
+        return False
+    loopback_up()
+    log(f"netns {inode} (parent {result['netns']['parent_inode']}), lo up")
+    read_back, problems = apply_sysctls(result["sysctls"]["requested"])
+    result["sysctls"].update(read_back=read_back, problems=problems)
+    for p in problems:
+        log(f"sysctl {p['key']}: {p['problem']}: {p['detail']}")
+    if problems:
+        result["status"] = "setup_failed"
+        result["status_detail"] = "sysctl problems: " + ", ".join(
+            f"{p['key']} {p['problem']}" for p in problems
+        )
+        return False
+    return True
