@@ -203,9 +203,10 @@ def detail(metrics: dict[str, Any], congestion: dict[str, Any]) -> str:
 def measure(duration: int, streams: int, scratch: str | None) -> dict[str, Any]:
     """Run the server and the client; the summary of the client's JSON.
 
-    Each iperf3 end keeps its buffer in a file it creates under $TMPDIR (else /tmp);
-    under kmatrix that is the cell's result directory, writable even in a guest whose
-    root is read-only."""
+    Each iperf3 end keeps its buffer in a file it creates under $TMPDIR and unlinks at
+    once; that needs a local filesystem (a 9p share, as a VM's result directory is,
+    refuses an unlinked file), so `scratch` is a private directory in the system's temp
+    directory, and the result directory only where none can be made."""
     port = free_port()
     env = dict(os.environ, TMPDIR=scratch) if scratch else None
     with tempfile.TemporaryFile("w+", dir=scratch) as log:
@@ -314,6 +315,14 @@ def emit(doc: dict[str, Any], out_dir: str | None) -> None:
     os.replace(tmp, path)
 
 
+def private_scratch(fallback: str | None) -> str | None:
+    """A fresh directory of our own under the temp directory (a tmpfs in a VM)."""
+    try:
+        return tempfile.mkdtemp(prefix="kmatrix-iperf3-")
+    except OSError:
+        return fallback
+
+
 def main() -> int:
     out_dir = os.environ.get("KMATRIX_RESULT_DIR") or None
     try:
@@ -324,7 +333,12 @@ def main() -> int:
             print(f"iperf3_loopback: {why}", file=sys.stderr)
             emit(skipped(why), out_dir)
             return 4
-        doc = measure(duration, streams, out_dir)
+        scratch = private_scratch(out_dir)
+        try:
+            doc = measure(duration, streams, scratch)
+        finally:
+            if scratch and scratch != out_dir:
+                shutil.rmtree(scratch, ignore_errors=True)
     except Failure as f:
         print(f"iperf3_loopback: {f.phase}: {f.message}", file=sys.stderr)
         emit(failed(f), out_dir)
