@@ -285,4 +285,4 @@ def test_a_result_json_over_the_bound_is_refused(tmp_path: Path) -> None:
     with open(tmp_path / "result.json", "wb") as f:
         f.truncate(report.MAX_RESULT_JSON_BYTES + 1)
     fields, why = report.read_result_json(str(tmp_path))
-    assert fields is None and why == "result.json is larger than 33,554,432 bytes"
+    assert fields is None and why == "result.json is larger than 8,388,608 bytes"
