@@ -107,7 +107,8 @@ class Sweep:
     """Which scenarios run with which sysctl values; every combination becomes a cell."""
 
     scenarios: tuple[str, ...]
-    sysctls: tuple[tuple[str, tuple[str, ...]], ...]
+    sysctls: tuple[tuple[str, tuple[str, ...]], ...] | None
+    """The run's sysctl sweep; None: each scenario sweeps its manifest's own."""
     fixed: tuple[tuple[str, str], ...] = ()
     trials: int = 1
     limits: Limits = field(default_factory=Limits)
@@ -170,12 +171,12 @@ class Cell:
 
     @property
     def deadline_s(self) -> float:
-        """How long the agent lets the program run: the manifest's timeout_s, raised to
-        the window plus a stall for a program that measures for window_s."""
-        own = self.program.timeout_s if self.program else 0.0
-        if "window_s" in self.honoured:
-            return max(own, self.limits.window_s + self.limits.stall_s)
-        return own
+        """How long the agent lets the program run: for a program that measures for the
+        sweep's window_s, the window plus a stall (it ends itself by then); for any
+        other, its manifest's timeout_s."""
+        if "window_s" in self.honoured or self.program is None:
+            return self.limits.window_s + self.limits.stall_s
+        return self.program.timeout_s
 
     @property
     def base_id(self) -> str:
@@ -255,6 +256,12 @@ class BatchOutcome:
     host_sysctl_changed: tuple[dict[str, Any], ...] = ()
     """The agent's leak check: sysctls of the namespace it started in that changed during
     the batch (agent.json's `host_sysctl_changed`); any entry is an error."""
+    liveness: str = ""
+    """When the batch deadline passed: "alive" (the agent's heartbeat went on: a program
+    was stuck), "silent" (it had stopped: the kernel stopped answering, dead or hung),
+    "unknown" (no heartbeat was ever seen); "" when no deadline passed."""
+    heartbeat_age_s: float | None = None
+    """How long before the deadline the last heartbeat was seen, when one was."""
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ Axes = tuple[tuple[str, tuple[str, ...]], ...]
 
 def combinations(sweep: Sweep) -> list[tuple[tuple[str, str], ...]]:
     """Every combination of the sweep's own sysctl values, with the fixed ones added."""
-    return _settings(sweep.sysctls, sweep.fixed)
+    return _settings(sweep.sysctls or (), sweep.fixed)
 
 
 def _product(axes: Axes) -> list[tuple[tuple[str, str], ...]]:
@@ -52,9 +52,11 @@ def _settings(axes: Axes, fixed: tuple[tuple[str, str], ...]) -> list[tuple[tupl
 
 def sysctl_axes(scenario: Scenario, sweep: Sweep) -> Axes:
     """The run's sysctl sweep where it applies to this scenario, else the scenario's own."""
+    if sweep.sysctls is None:
+        return scenario.sysctls
     swept = sweep.swept_scenarios
     applies = scenario.name in swept if swept is not None else bool(scenario.sysctls)
-    return sweep.sysctls if sweep.sysctls and applies else scenario.sysctls
+    return sweep.sysctls if applies else scenario.sysctls
 
 
 def param_axes(scenario: Scenario, sweep: Sweep) -> Axes:

@@ -132,7 +132,7 @@ def _hosts(src: str, data: dict[str, Any]) -> tuple[HostSpec, ...]:
 
 def default_sweep(cat: Catalogue | None = None) -> Sweep:
     """The catalogue's default scenarios, each with its own manifest's sysctl sweep."""
-    return Sweep(scenarios=(cat or builtin()).default_names(), sysctls=())
+    return Sweep(scenarios=(cat or builtin()).default_names(), sysctls=None)
 
 
 def apply_profile(config: Config, name: str) -> Config:

@@ -37,6 +37,7 @@ from matrix.run import job, procs
 from matrix.run.progress import Display
 from matrix.runners.host import HostRunner
 from matrix.runners.vng import VngRunner, find_tool
+from tests.fixtures.agent_cells import builtin_program
 from tests.fixtures.debmirror import Handler, Server, build_tree, serve
 from tests.fixtures.kernels import fetch_61
 from tests.fixtures.sshd import descendants
@@ -117,7 +118,7 @@ def run_in_process(cfg_path: Path, runner: Any, display: Display | None = None) 
     """`kmatrix run` with `runner` for every batch: the same steps as `cli.cmd_run`."""
     cfg = config.load(cfg_path)
     kernels, failures = job.resolve(list(cfg.kernels), Catalog(cfg.settings.cache_dir))
-    batches = plan.plan(kernels, cfg.sweep)
+    batches = plan.plan(kernels, cfg.sweep, cfg.catalogue)
     run_dir = cfg_path.parent / "runs" / "run"
     job.start_run(run_dir, batches, cfg, ["kmatrix", "test"])
     if display:
@@ -553,7 +554,7 @@ def test_markup_in_a_release_does_not_break_the_live_display(tmp_path: Path) -> 
     image.write_bytes(b"x")
     spec = KernelSpec("k", PathSource(image))
     kernel = ResolvedKernel(spec, release="6.1-[/]odd[red]", vmlinuz=image)
-    batch = Batch(kernel, (Cell("k", "1A", (), 0, Limits()),))
+    batch = Batch(kernel, (Cell("k", "1A", (), 0, Limits(), program=builtin_program("1A")),))
     screen = StringIO()
     display = Display(Console(file=screen, force_terminal=True, width=120))
     with display:

@@ -30,6 +30,7 @@ import pytest
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, Cell, KernelSpec, Limits, PathSource, ResolvedKernel
 from matrix.runners.vng import VngRunner, find_tool
+from tests.fixtures.agent_cells import builtin_program
 from tests.fixtures.kernels import fetch_61
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +117,14 @@ def boot(base: Path, kernel: ResolvedKernel, secret: Path, user: str | None) -> 
     """One 1A cell in one boot; (outcome, what the guest read, the workdir)."""
     paths = ["/etc/gshadow", str(secret), "/etc/shadow"]
     runner = VngRunner(accel="tcg", cpus=1, agent=agent(base, paths), guest_user=user)
-    cell = Cell("test", "1A", (), 0, Limits(window_s=2.0, stall_s=2.0, iteration_cap=500))
+    cell = Cell(
+        "test",
+        "1A",
+        (),
+        0,
+        Limits(window_s=2.0, stall_s=2.0, iteration_cap=500),
+        program=builtin_program("1A"),
+    )
     workdir = base / f"wd-{user or 'root'}"
     outcome = runner.run_batch(Batch(kernel, (cell,)), workdir, threading.Event(), lambda *_: None)
     exposure = workdir / "out" / "exposure.json"
@@ -163,7 +171,14 @@ def test_kernel_out_of_the_users_reach_is_named(tmp_path: Path) -> None:
     """The cache under /root: the guest could not load a module, so no boot at all."""
     found = fetch_61()[0].parents[1]
     runner = VngRunner(accel="tcg", guest_user=USER)
-    cell = Cell("test", "1A", (), 0, Limits(window_s=1.0, stall_s=1.0, iteration_cap=10))
+    cell = Cell(
+        "test",
+        "1A",
+        (),
+        0,
+        Limits(window_s=1.0, stall_s=1.0, iteration_cap=10),
+        program=builtin_program("1A"),
+    )
     batch = Batch(kernel_in(found), (cell,))
     with pytest.raises(PrerequisiteError, match="cannot reach") as e:
         runner.run_batch(batch, tmp_path / "wd", threading.Event(), lambda *_: None)

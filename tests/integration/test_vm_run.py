@@ -62,7 +62,9 @@ def by(rows: list[dict], scenario: str, buckets: str = "") -> dict:
 
 
 def test_cells_ran_in_the_guest_kernel_under_tcg(rows: list[dict]) -> None:
-    assert len(rows) == 3
+    """--sysctl applies to every scenario of the run: 1A and 2B each at both bucket values."""
+    assert len(rows) == 4
+    assert sorted(r["scenario"] for r in rows) == ["1A", "1A", "2B", "2B"]
     for r in rows:
         assert r["runner"] == "vng" and r["accelerator"] == "tcg"
         assert r["kernel_release"].startswith("6.1.0-") and r["kernel_release"].endswith("-amd64")

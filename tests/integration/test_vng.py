@@ -23,6 +23,7 @@ from matrix.model import Batch, Cell, DebianSource, KernelSpec, Limits, Resolved
 from matrix.plan import config
 from matrix.runners import accel
 from matrix.runners.vng import VngRunner, find_tool
+from tests.fixtures.agent_cells import builtin_program
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path.home() / ".cache" / "kmatrix" / "kernels"
@@ -83,7 +84,10 @@ def our_qemus(marker: str) -> list[str]:
 
 def cells(n: int, window_s: float = 2.0) -> tuple[Cell, ...]:
     limits = Limits(window_s=window_s, stall_s=2.0, iteration_cap=500)
-    return tuple(Cell("test", s, (), 0, limits) for s in ("1A", "1B", "2A", "2B")[:n])
+    return tuple(
+        Cell("test", s, (), 0, limits, program=builtin_program(s))
+        for s in ("1A", "1B", "2A", "2B")[:n]
+    )
 
 
 def run(runner: VngRunner, batch: Batch, workdir: Path, stop: threading.Event | None = None):
