@@ -8,15 +8,19 @@ Each cell runs in a forked child that unshares its network namespace before it t
 anything, so sysctls written for a cell never reach the namespace the agent started in;
 the agent re-reads those sysctls after every cell to prove it. The child then execs the
 cell's program (agent_exec.py); the agent knows no scenario, only the cell's command and
-the convention it reports in (agent_report.py). With --net-only (a machine that is kept:
-the host, a remote host's own kernel) a cell that would write a sysctl outside net.* is
-refused before anything runs. See README.md.
+the convention it reports in (agent_report.py). Around each cell it reads the kernel
+log and taint flags (agent_kmsg.py), and while a cell runs it says on stdout that it is
+alive (KMATRIX-ALIVE). With --net-only (a machine that is kept: the host, a remote
+host's own kernel) a cell that would write a sysctl outside net.* is refused before
+anything runs, and the kernel log is marked as shared with the machine's other
+processes. See README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -32,6 +36,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by path
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import agent_exec  # noqa: E402
+import agent_kmsg  # noqa: E402
 import agent_report  # noqa: E402
 from agent_netns import (  # noqa: E402
     NET_PREFIX,
@@ -194,17 +199,38 @@ def new_result(cell: dict[str, Any], parent_inode: int, started_at: float) -> di
         "evidence": {"stall": None, "final": None},
         "error": None,
         "log_tail": "",
+        "kernel": None,
+        "liveness": {
+            "agent_alive": True,
+            "overran": False,
+            "state": None,
+            "wchan": None,
+            "reaped": None,
+        },
     }
 
 
-def execute(cell: dict[str, Any], parent_inode: int, out: Path, net_only: bool = False) -> str:
-    """Run one cell under its deadline; always leaves a result file behind."""
+def execute(
+    cell: dict[str, Any],
+    parent_inode: int,
+    out: Path,
+    net_only: bool = False,
+    heartbeat: agent_exec.Heartbeat | None = None,
+) -> str:
+    """Run one cell under its deadline; always leaves a result file behind, with the
+    kernel log records and taint flags of the cell's time."""
     path = out / f"{cell['id']}.json"
     with contextlib.suppress(FileNotFoundError):  # a malformed leftover must not count
         path.unlink()
     result = new_result(cell, parent_inode, time.time())
     argv = agent_exec.resolve_argv(cell)
     result["program"]["argv"] = argv
+    beat = agent_exec._no_beat
+    if heartbeat is not None:
+        heartbeat.beat(cell["id"], force=True)
+        beat = functools.partial(heartbeat.beat, cell["id"])
+    kernel_log = agent_kmsg.KernelLog(shared=net_only)
+    kernel_log.start()
     refused = refused_sysctls(cell["sysctls"]) if net_only else []
     if refused:
         result["sysctls"]["problems"] = refused
@@ -214,7 +240,8 @@ def execute(cell: dict[str, Any], parent_inode: int, out: Path, net_only: bool =
         )
         result["log_tail"] = result["status_detail"]
     else:
-        agent_exec.run_program(cell, result, argv, out.parent)
+        agent_exec.run_program(cell, result, argv, out.parent, beat)
+    result["kernel"] = kernel_log.finish()
     result["ended_at"] = time.time()
     write_atomic(path, result)
     return result["status"]
@@ -309,12 +336,14 @@ def run_batch(cells: list, out: Path, net_only: bool = False) -> tuple:
     parent_inode = netns_inode()
     baseline, ours = host_baseline(cells, net_only), requested_values(cells)
     skipped, changed = 0, []
+    heartbeat = agent_exec.Heartbeat()
+    heartbeat.beat(force=True)
     for cell in cells:
         if valid_result(out / f"{cell['id']}.json", cell["id"]):
             skipped += 1
             emit("KMATRIX-CELL", cell["id"], "skipped", cell["scenario"])
             continue
-        status = execute(cell, parent_inode, out, net_only)
+        status = execute(cell, parent_inode, out, net_only, heartbeat)
         emit("KMATRIX-CELL", cell["id"], status, cell["scenario"])
         changed = host_changes(baseline, cell["id"], ours)
         if changed:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -34,6 +35,38 @@ SETUP_REPORT_BYTES = 1 << 20
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 COLLECTORS = Path(__file__).resolve().parent
 """On the program's PYTHONPATH, so that it can `import kmatrix_probe`."""
+HEARTBEAT = "KMATRIX-ALIVE"
+HEARTBEAT_S = 5.0
+"""How often the agent says on its stdout (a VM's console) that it still runs, while a
+cell runs: when a batch's deadline passes, beats that go on mean a stuck program, beats
+that stopped mean a kernel that stopped answering."""
+KILL_WAIT_S = 10.0
+"""How long a program killed at its deadline may take to die. A task stuck in the
+kernel (state D) ignores SIGKILL; the agent records that and goes on."""
+WAIT_POLL_S = 0.05
+
+
+class Heartbeat:
+    """`KMATRIX-ALIVE <monotonic> [<cell id>]` lines, at most one per period. Beaten from
+    the agent's own wait loop rather than a thread, so that no thread is running when
+    a cell's child is forked."""
+
+    def __init__(self, period_s: float = HEARTBEAT_S, out: IO[str] | None = None) -> None:
+        self.period_s, self.out = period_s, out
+        self.due = 0.0
+
+    def beat(self, cell_id: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.due:
+            return
+        self.due = now + self.period_s
+        words = [HEARTBEAT, f"{now:.3f}"] + ([cell_id] if cell_id else [])
+        with contextlib.suppress(OSError, ValueError):  # a closed console costs no cell
+            print(" ".join(words), file=self.out or sys.stdout, flush=True)
+
+
+def _no_beat() -> None:
+    """The beat of a wait nobody listens to."""
 
 
 def resolve_argv(cell: dict[str, Any]) -> list:
@@ -144,9 +177,10 @@ def _drain(fd: int, buf: bytearray) -> bool:
         buf.extend(chunk[: max(0, SETUP_REPORT_BYTES - len(buf))])
 
 
-def wait_child(pid: int, pipe: int, deadline: float) -> tuple:
+def wait_child(pid: int, pipe: int, deadline: float, beat: Callable[[], None] = _no_beat) -> tuple:
     """(the child's wait status, None if it outlived the deadline; its report records),
-    reading the pipe as it goes so that a long report never blocks the child."""
+    reading the pipe as it goes so that a long report never blocks the child, and
+    beating the heartbeat while it waits."""
     os.set_blocking(pipe, False)
     buf = bytearray()
     ended, status = False, None
@@ -158,7 +192,8 @@ def wait_child(pid: int, pipe: int, deadline: float) -> tuple:
             break
         if time.monotonic() >= deadline:
             break
-        time.sleep(0.05)
+        beat()
+        time.sleep(WAIT_POLL_S)
     if status is not None and not ended:
         _drain(pipe, buf)
     records: dict[str, Any] = {}
@@ -173,6 +208,34 @@ def wait_child(pid: int, pipe: int, deadline: float) -> tuple:
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(OSError):  # the group is already gone
         os.killpg(pgid, signal.SIGKILL)
+
+
+def proc_state(pid: int) -> tuple:
+    """(state letter, wchan) of a live process from /proc; None for what it cannot say.
+    Read just before an overrunning program is killed: S or D in a wait, R spinning."""
+    state = wchan = None
+    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/wchan") as f:
+        wchan = f.read().strip()[:128]
+    return state, wchan
+
+
+def reap(pid: int, wait_s: float, beat: Callable[[], None] = _no_beat) -> bool:
+    """Wait up to `wait_s` for a killed child; False if it is still there (stuck in the
+    kernel: SIGKILL is only acted on when it leaves an uninterruptible wait)."""
+    end = time.monotonic() + wait_s
+    while True:
+        try:
+            got, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if got:
+            return True
+        if time.monotonic() >= end:
+            return False
+        beat()
+        time.sleep(WAIT_POLL_S)
 
 
 def signal_name(sig: int) -> str:
@@ -330,6 +393,12 @@ def finish(
     if status is None:
         result["status"] = "timeout"
         result["status_detail"] = f"no result within {run['budget']:.0f} s; process group killed"
+        live = result.get("liveness") or {}
+        if live.get("reaped") is False:
+            result["status_detail"] += (
+                f"; the program did not die within {KILL_WAIT_S:g} s"
+                f" (state {live.get('state') or '?'} in {live.get('wchan') or '?'})"
+            )
         if setup and setup.get("ready") and "exec_errno" not in records:
             _stdout_cases(result, run, lines)
             result["program"]["signal"] = "SIGKILL"
@@ -351,11 +420,17 @@ def finish(
 
 
 def run_program(
-    cell: dict[str, Any], result: dict[str, Any], argv: list, root: Path | None = None
+    cell: dict[str, Any],
+    result: dict[str, Any],
+    argv: list,
+    root: Path | None = None,
+    beat: Callable[[], None] = _no_beat,
 ) -> None:
     """Fork the cell's child, wait for it under the deadline (timeout_s + slack), kill
     what is left of its process group, then fill in `result`. The program's result
-    directory goes under `root` where it can (see make_result_dir)."""
+    directory goes under `root` where it can (see make_result_dir); `beat` is called
+    while the agent waits. A program that overran is recorded in `liveness`: the agent
+    was alive to kill it, the state it was killed in, and whether it died."""
     budget = float(cell["timeout_s"]) + DEADLINE_SLACK_S
     result_dir = make_result_dir(str(cell["id"]), root)
     try:
@@ -378,13 +453,17 @@ def run_program(
             os.close(write_end)
             with contextlib.suppress(OSError):  # the child did it first, or has exited
                 os.setpgid(pid, pid)
+            live = result.setdefault("liveness", {})
             try:
-                status, records = wait_child(pid, read_end, time.monotonic() + budget)
+                status, records = wait_child(pid, read_end, time.monotonic() + budget, beat)
+                if status is None:
+                    state, wchan = proc_state(pid)
+                    live.update(overran=True, state=state, wchan=wchan)
             finally:
                 kill_group(pid)
                 os.close(read_end)
             if status is None:
-                os.waitpid(pid, 0)
+                live["reaped"] = reap(pid, KILL_WAIT_S, beat)
             finish(cell, result, run, status, records)
     finally:
         remove_result_dir(result_dir)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +147,19 @@ def classify(
     baseline: Baseline | None = None,
 ) -> Classified:
     """One cell's verdict from its collector result (None when none came back), judged
-    by its scenario's manifest (looked up in `scenarios`, the built-in ones by default)."""
+    by its scenario's manifest (looked up in `scenarios`, the built-in ones by default).
+    The kernel's health during the cell and how its program met its deadline are added
+    to the figures whatever the verdict; no verdict depends on them."""
     if not result:
         return Classified(Verdict.INFRA, f"no result: {failure or 'the agent wrote nothing'}")
+    c = _by_status(result, t, scenarios, baseline)
+    extra = {**kernel_figures(result), **overrun_figures(result)}
+    return replace(c, metrics={**c.metrics, **extra}) if extra else c
+
+
+def _by_status(
+    result: dict[str, Any], t: Thresholds, scenarios: Catalogue | None, baseline: Baseline | None
+) -> Classified:
     status = result.get("status")
     detail = result.get("status_detail", "")
     if status == "timeout":
@@ -225,6 +235,60 @@ def program_figures(result: dict[str, Any]) -> dict[str, Any]:
         "testcases_failed": counts["fail"],
         "testcases_skipped": counts["skip"],
         "testcases_passed": counts["pass"],
+    }
+
+
+HEALTH_KINDS = ("oops", "bug", "soft_lockup", "rcu_stall", "hung_task", "warn")
+"""What the kernel may have reported during a cell, most severe first."""
+
+
+def kernel_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """The kernel's health during the cell, from the agent's `kernel` record (none for a
+    result that has none): `kernel_health` is the most severe kind of trouble the kernel
+    itself logged ("" for none), so a cell whose program succeeded on a kernel that
+    warned or locked up can be marked. Lines a process wrote to /dev/kmsg are counted
+    apart (`kernel_user_events`): they are not the kernel's."""
+    k = result.get("kernel")
+    if not isinstance(k, dict):
+        return {}
+    events = [e for e in k.get("events") or [] if isinstance(e, dict)]
+    own = [e for e in events if e.get("origin", "kernel") == "kernel"]
+    kinds = [kind for kind in HEALTH_KINDS if any(e.get("kind") == kind for e in own)]
+    after = k.get("taint_after")
+    figures: dict[str, Any] = {
+        "kernel_health": kinds[0] if kinds else "",
+        "kernel_event_kinds": ",".join(kinds),
+        "kernel_events": len(own),
+        "kernel_user_events": len(events) - len(own),
+        "kernel_tainted": bool(after) if isinstance(after, int) else None,
+        "kernel_taint_flags": taint_text(k.get("taint_flags_after")),
+        "kernel_tainted_by_cell": taint_text(k.get("tainted_by_cell")),
+        "kernel_log_shared": bool(k.get("shared")),
+    }
+    if k.get("error"):
+        figures["kernel_log_error"] = str(k["error"])
+    return figures
+
+
+def taint_text(flags: Any) -> str:
+    """Taint flags as the kernel prints them, letters only ("UW"); a bit without a
+    letter follows by name ("U bit20")."""
+    flags = [str(f) for f in flags or []]
+    return "".join(f for f in flags if len(f) == 1) + "".join(f" {f}" for f in flags if len(f) > 1)
+
+
+def overrun_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """A program that overran its deadline: the agent was alive to kill it (which is
+    what tells a stuck program from a dead kernel), the state it was in, and whether it
+    died (a task stuck in the kernel does not)."""
+    live = result.get("liveness")
+    if not isinstance(live, dict) or not live.get("overran"):
+        return {}
+    return {
+        "agent_alive": bool(live.get("agent_alive", True)),
+        "overran_state": live.get("state"),
+        "overran_wchan": live.get("wchan"),
+        "overran_reaped": live.get("reaped"),
     }
 
 

@@ -2,13 +2,13 @@
 
 A result is whatever JSON the guest wrote. The classifier, the table and the report
 read a known set of keys (status, scenario, metrics.*, series[*].t/iterations...,
-evidence, error, sysctls, program, testcases, verdict, params) and would raise on a
-string where a number goes or a list where an object goes. `problem` checks exactly
-those keys (words from their fixed sets, strings and lists within the agent's own
-bounds), and that every number anywhere in the document is finite and in range, and
-names the first thing wrong; `vet` swaps a bad result for a stand-in that classifies as
-infra ("result rejected: malformed result: metrics.iterations is a string, not a
-number"), so one hostile cell never costs the run its table or report.
+evidence, error, sysctls, program, testcases, verdict, params, kernel, liveness) and
+would raise on a string where a number goes or a list where an object goes. `problem`
+checks exactly those keys (words from their fixed sets, strings and lists within the
+agent's own bounds), and that every number anywhere in the document is finite and in
+range, and names the first thing wrong; `vet` swaps a bad result for a stand-in that
+classifies as infra ("result rejected: malformed result: metrics.iterations is a
+string, not a number"), so one hostile cell never costs the run its table or report.
 Nothing is coerced: a result either passes as it is or is replaced whole.
 Stdlib only (with the classifier): the remote batch imports the runners on SSH hosts.
 """
@@ -40,6 +40,12 @@ NAME_CHARS, UNITS_CHARS, SIGNAL_CHARS, TAIL_CHARS = 256, 64, 32, 4000
 MAX_ARGS, ARG_CHARS = 256, 4096
 MAX_PARAMS, PARAM_CHARS = 64, 4096
 """The agent's own bounds on what it writes; anything past them is not its document."""
+KERNEL_EVENT_KINDS = ("oops", "bug", "soft_lockup", "rcu_stall", "hung_task", "warn")
+"""What a kernel log line may report (collectors/agent_kmsg.py), most severe first."""
+EVENT_ORIGINS = ("kernel", "user")
+"""Who wrote the line: the kernel, or a process writing to /dev/kmsg."""
+MAX_KERNEL_LINES, MAX_KERNEL_EVENTS, KERNEL_LINE_CHARS = 256, 64, 512
+MAX_TAINT_FLAGS, WCHAN_CHARS = 64, 128
 
 Check = Callable[[Any, str], str]
 """(value, its path) -> "" or what is wrong with it."""
@@ -141,6 +147,7 @@ COUNT = _kind("a number", _is_number, nullable=False)
 STRING = _kind("a string", lambda v: isinstance(v, str))
 WORD = _kind("a string", lambda v: isinstance(v, str), nullable=False)
 SCALAR = _kind("a string or a number", lambda v: isinstance(v, str | int | float))
+BOOL = _kind("true or false", lambda v: isinstance(v, bool))
 
 
 def _shape(value: Any, path: str, kind: type, wanted: str, nullable: bool) -> str | None:
@@ -253,6 +260,23 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _taint_mask(value: Any, path: str) -> str:
+    """/proc/sys/kernel/tainted as the agent read it: a non-negative integer, or null."""
+    if value is None or (_is_integer(value) and value >= 0):
+        return ""
+    return f"{path} is not a taint mask (a non-negative integer)"
+
+
+_TAINT_FLAG = re.compile(r"[A-Z]|bit[0-9]{1,2}")
+
+
+def _taint_flag(value: Any, path: str) -> str:
+    """One taint flag: its letter, or `bit<n>` for a bit the agent has no letter for."""
+    if isinstance(value, str) and _TAINT_FLAG.fullmatch(value):
+        return ""
+    return f"{path} is not a taint flag letter"
+
+
 def _error(value: Any, path: str) -> str:
     """null or {} means no error; a real one needs the iteration it happened at."""
     why = _shape(value, path, dict, "an object", True)
@@ -360,6 +384,40 @@ TESTCASE: dict[str, Check] = {
     "units": _capped(UNITS_CHARS),
     "source": _one_of(CASE_SOURCES, nullable=False),
 }
+KERNEL_EVENT: dict[str, Check] = {
+    "kind": _one_of(KERNEL_EVENT_KINDS, nullable=False),
+    "line": _capped(KERNEL_LINE_CHARS, nullable=False),
+    "t": NUMBER,
+    "origin": _one_of(EVENT_ORIGINS),
+}
+_TAINT_FLAGS = _at_most(MAX_TAINT_FLAGS, _each(_taint_flag))
+KERNEL: dict[str, Check] = {
+    "source": _capped(ARG_CHARS),
+    "shared": BOOL,
+    "error": _capped(TAIL_CHARS),
+    "records": NUMBER,
+    "lost": NUMBER,
+    "truncated": BOOL,
+    "log": _at_most(MAX_KERNEL_LINES, _each(_capped(KERNEL_LINE_CHARS, nullable=False))),
+    "events": _at_most(
+        MAX_KERNEL_EVENTS,
+        _each(_object(KERNEL_EVENT, required=("kind", "line"), nullable=False)),
+    ),
+    "taint_before": _taint_mask,
+    "taint_after": _taint_mask,
+    "taint_flags_before": _TAINT_FLAGS,
+    "taint_flags_after": _TAINT_FLAGS,
+    "tainted_by_cell": _TAINT_FLAGS,
+}
+"""The kernel log and taint of the cell's time (collectors/agent_kmsg.py)."""
+LIVENESS: dict[str, Check] = {
+    "agent_alive": BOOL,
+    "overran": BOOL,
+    "reaped": BOOL,
+    "state": _capped(SIGNAL_CHARS),
+    "wchan": _capped(WCHAN_CHARS),
+}
+"""How a cell's program ended against its deadline (collectors/agent_exec.py)."""
 TOP: dict[str, Check] = {
     **dict.fromkeys(("status_detail", "cell_id", "scenario", "kernel_release", "run_host"), STRING),
     "status": _one_of(STATUSES),
@@ -378,4 +436,6 @@ TOP: dict[str, Check] = {
     ),
     "verdict": _one_of(VERDICTS),
     "params": _at_most(MAX_PARAMS, _params),
+    "kernel": _object(KERNEL),
+    "liveness": _object(LIVENESS),
 }

@@ -20,11 +20,17 @@ def clean(text: str) -> str:
     return _CONTROL.sub("", _ANSI.sub("", text.replace("\r\n", "\n")))
 
 
-def tail(path: Path, lines: int = 60, max_bytes: int = 65536) -> str:
-    """The last `lines` lines of a log, cleaned; "" when there is no log, or when the
-    guest put a link, a FIFO or anything else but a regular file in its place."""
+def tail(
+    path: Path, lines: int = 60, max_bytes: int = 65536, skip: re.Pattern[str] | None = None
+) -> str:
+    """The last `lines` lines of a log, cleaned, leaving out those matching `skip` (the
+    agent's heartbeats would fill a stuck batch's tail); "" when there is no log, or
+    when the guest put a link, a FIFO or anything else but a regular file in its place."""
     try:
         text = guest_files.read_tail(path, max_bytes).decode(errors="replace")
     except OSError:
         return ""
-    return "\n".join(clean(text).rstrip("\n").split("\n")[-lines:])
+    kept = clean(text).rstrip("\n").split("\n")
+    if skip is not None:
+        kept = [ln for ln in kept if not skip.match(ln)]
+    return "\n".join(kept[-lines:])

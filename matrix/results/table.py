@@ -56,6 +56,19 @@ METRIC_COLUMNS = (
     "guest_steal_share",
     "rate_cv",
 )
+KERNEL_COLUMNS = (
+    "kernel_health",
+    "kernel_event_kinds",
+    "kernel_events",
+    "kernel_user_events",
+    "kernel_tainted",
+    "kernel_taint_flags",
+    "kernel_tainted_by_cell",
+    "kernel_log_shared",
+)
+"""The kernel's health during the cell (`rules.kernel_figures`); None for a result
+that did not record it. `kernel_health` is "" when the kernel logged no trouble, else
+the most severe kind: oops, bug, soft_lockup, rcu_stall, hung_task, warn."""
 
 
 @dataclass(frozen=True)
@@ -160,10 +173,12 @@ def _row(
         "accelerator": batch.get("accelerator", ""),
         "host": (result or {}).get("run_host") or batch.get("host", ""),
         "console_tail": batch.get("console_tail", "") if result is None else "",
+        "batch_liveness": batch.get("liveness", "") if result is None else "",
         "repro": repro_command(cell),
     }
-    for col in METRIC_COLUMNS:
+    for col in METRIC_COLUMNS + KERNEL_COLUMNS:
         row[col] = m.get(col)
+    row["kernel_flagged"] = c.verdict is Verdict.SUCCESS and bool(m.get("kernel_health"))
     row["lat_p50_us"], row["lat_p99_us"] = lat.get("p50"), lat.get("p99")
     row["sndbuf"] = m.get("sndbuf_after", m.get("sndbuf"))
     return row
@@ -309,6 +324,7 @@ def kernel_summaries(plan: dict[str, Any], batches: dict[str, dict[str, Any]]) -
                 "host": b.get("host", ""),
                 "boot_s": b.get("boot_s"),
                 "failure": b.get("failure", ""),
+                "liveness": b.get("liveness", ""),
                 "console_tail": b.get("console_tail", ""),
                 "host_sysctl_changed": [
                     c
@@ -345,6 +361,8 @@ INT_COLUMNS = frozenset(
         "sndbuf_before",
         "outq",
         "outq_nsd",
+        "kernel_events",
+        "kernel_user_events",
     }
 )
 

@@ -162,5 +162,7 @@ def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
             "wall_s": outcome.wall_s,
             "results": len(outcome.results),
             "host_sysctl_changed": list(outcome.host_sysctl_changed),
+            "liveness": outcome.liveness,
+            "heartbeat_age_s": outcome.heartbeat_age_s,
         },
     )

@@ -4,7 +4,8 @@ runs/<run-id>/
   manifest.json        what ran where: versions, host, accelerator, start/end, command
   plan.json            the kernels and cells, so `--resume` and `report` need no config
   cells/<id>.json      each collector result as it came back (never rewritten)
-  batches/<kernel>.json  how each kernel's batch went: runner, accelerator, failure, console tail
+  batches/<kernel>.json  how each kernel's batch went: runner, accelerator, failure,
+                       liveness at a deadline, console tail
   console/<kernel>.log the VM console of that kernel's boot
   results.jsonl        the tidy table, one row per cell (rebuilt from the above)
   results.junit.xml    the same as JUnit, for CI systems

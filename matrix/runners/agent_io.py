@@ -8,6 +8,7 @@ soon as it appears, so nothing measured is lost if the batch dies later.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -20,6 +21,14 @@ from matrix.runners import OnResult
 
 AGENT_SLACK_S = 30.0
 """Per-cell allowance on top of a puzzle's own bounds: namespace setup, settling, writing."""
+HEARTBEAT = re.compile(
+    r"KMATRIX-ALIVE ([0-9]{1,12}(?:\.[0-9]{1,9})?)(?: ([A-Za-z0-9_.-]{1,128}))?\r?\n"
+)
+"""The agent's `KMATRIX-ALIVE <monotonic> [<cell id>]` on its stdout while a cell runs
+(collectors/agent_exec.py), a whole line: one cut by a read is taken when its end
+arrives."""
+HEARTBEAT_LINE = re.compile(r"KMATRIX-ALIVE\b")
+"""A heartbeat line, to leave out of a console tail shown to people."""
 
 
 def agent_path() -> Path:

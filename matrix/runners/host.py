@@ -20,7 +20,13 @@ from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome
 from matrix.run import procs
 from matrix.runners import OnResult
-from matrix.runners.agent_io import ResultCollector, agent_argv, batch_budget_s, prepare
+from matrix.runners.agent_io import (
+    HEARTBEAT_LINE,
+    ResultCollector,
+    agent_argv,
+    batch_budget_s,
+    prepare,
+)
 
 _UNSHARE_PROBE = (
     "import ctypes,sys; libc=ctypes.CDLL(None, use_errno=True); "
@@ -80,7 +86,7 @@ class HostRunner:
             accelerator="none (host)",
             host=socket.gethostname(),
             console_log=log_path,
-            console_tail=sanitize.tail(log_path) if failure else "",
+            console_tail=sanitize.tail(log_path, skip=HEARTBEAT_LINE) if failure else "",
             failure=failure,
             boot_s=0.0,
             wall_s=time.monotonic() - start,

@@ -32,7 +32,7 @@ from matrix.plan import cells as plan
 from matrix.plan.hosts import HostSpec
 from matrix.run.schedule import Machine
 from matrix.runners import OnResult
-from matrix.runners.agent_io import batch_budget_s
+from matrix.runners.agent_io import HEARTBEAT_LINE, batch_budget_s
 from matrix.runners.ssh import (
     GUARD,
     KILL_MARKED,
@@ -124,10 +124,15 @@ class RemoteRunner:
             accelerator=doc.get("accelerator", "none (remote host kernel)"),
             host=self.host.name,
             console_log=log,
-            console_tail=(doc.get("console_tail") or sanitize.tail(log)) if failure else "",
+            console_tail=(
+                (doc.get("console_tail") or sanitize.tail(log, skip=HEARTBEAT_LINE))
+                if failure
+                else ""
+            ),
             failure=failure,
             boot_s=doc.get("boot_s", 0.0),
             wall_s=time.monotonic() - started,
+            **remote_liveness(doc),
         )
 
     def _workdir(self, c: Connection, prefix: str) -> tuple[str, str]:
@@ -384,3 +389,16 @@ def _check_size(root: Path) -> None:
             f"{root}: {total:,} bytes of scenarios to copy to a remote host; "
             f"expected at most {SCENARIO_TREE_MAX_BYTES:,} (keep large data out of it)"
         )
+
+
+LIVENESS = ("alive", "silent", "unknown")
+
+
+def remote_liveness(doc: dict[str, Any]) -> dict[str, Any]:
+    """The remote vng runner's liveness at its batch deadline (outcome.json), taken only
+    in its own words and numbers: that directory is one the guest can write to."""
+    state, age = doc.get("liveness"), doc.get("heartbeat_age_s")
+    if state not in LIVENESS:
+        return {}
+    ok = isinstance(age, int | float) and not isinstance(age, bool) and 0 <= age < 1e9
+    return {"liveness": state, "heartbeat_age_s": float(age) if ok else None}

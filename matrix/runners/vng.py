@@ -51,6 +51,8 @@ from matrix.run import procs
 from matrix.runners import OnResult
 from matrix.runners import accel as accel_mod
 from matrix.runners.agent_io import (
+    HEARTBEAT,
+    HEARTBEAT_LINE,
     ResultCollector,
     agent_argv,
     agent_path,
@@ -89,19 +91,31 @@ def batch_deadline_s(
 
 
 AGENT_START = re.compile(r"KMATRIX-AGENT-START\s+\S+")
+ALIVE_WITHIN_S = 20.0
+"""The agent beats every 5 s while a cell runs: a beat this recent means the guest
+kernel still runs the agent."""
 FATAL = (("Kernel panic", "kernel panic"), ("KVM: emulation failure", "KVM: emulation failure"))
 TAIL_LINES = 60
 
 
 class ConsoleWatch:
-    """Reads the console log as it grows and notes milestones and fatal signs in it."""
+    """Reads the console log as it grows and notes milestones, fatal signs and the
+    agent's heartbeat in it."""
 
-    def __init__(self, path: Path, started: float) -> None:
+    def __init__(self, path: Path, started: float, cell_ids: Sequence[str] = ()) -> None:
         self.path, self.started = path, started
         self.offset, self.carry = 0, ""
         self.boot_s: float | None = None
         self.agent_started = self.kernel_spoke = False
         self.problem = ""
+        self.cell_ids = frozenset(cell_ids)
+        self.heartbeats = 0
+        self.last_beat_at: float | None = None
+        """time.monotonic() on this machine when the last heartbeat was read."""
+        self.last_beat_cell = ""
+        """The cell the last heartbeat named (only ids of this batch are taken)."""
+        self.at_deadline: tuple[str, float | None, str] | None = None
+        """`liveness()` when the batch deadline passed."""
 
     def scan(self) -> None:
         """Read what is new, at most MAX_SCAN_BYTES a call; a marker split across two reads
@@ -112,8 +126,10 @@ class ConsoleWatch:
         except OSError:
             return
         self.offset += len(data)
+        carried = len(self.carry)
         text = self.carry + data.decode(errors="replace")
         self.carry = text[-256:]
+        self._beats(text, carried)
         self.kernel_spoke = self.kernel_spoke or "Linux version" in text
         if not self.agent_started and AGENT_START.search(text):
             self.agent_started = True
@@ -122,10 +138,39 @@ class ConsoleWatch:
             if needle in text and not self.problem:
                 self.problem = reason
 
+    def _beats(self, text: str, carried: int) -> None:
+        """Note the heartbeats that end in the new part of `text` (the carried part was
+        read before)."""
+        if "KMATRIX-ALIVE" not in text:
+            return
+        for m in HEARTBEAT.finditer(text):
+            if m.end() <= carried:
+                continue
+            self.heartbeats += 1
+            self.last_beat_at = time.monotonic()
+            cell = m.group(2) or ""
+            self.last_beat_cell = cell if cell in self.cell_ids else ""
+
+    def liveness(self, now: float | None = None) -> tuple[str, float | None, str]:
+        """(state, seconds since the last heartbeat, words for the failure): "alive"
+        (a recent beat: the guest kernel runs the agent, so a program was stuck),
+        "silent" (beats stopped: the kernel stopped answering, dead or hung), "unknown"
+        (none ever seen: an agent that sends none, or a console that shows nothing)."""
+        if self.last_beat_at is None:
+            return "unknown", None, ""
+        age = max(0.0, (time.monotonic() if now is None else now) - self.last_beat_at)
+        if age <= ALIVE_WITHIN_S:
+            where = f", in cell {self.last_beat_cell}" if self.last_beat_cell else ""
+            words = f"kernel alive (last heartbeat {age:.0f} s ago{where}): the program was stuck"
+            return "alive", age, words
+        words = f"no heartbeat for {age:.0f} s: the kernel stopped answering (dead or hung)"
+        return "silent", age, words
+
     def last_line(self) -> str:
         """The console's last line that is not our own header: usually QEMU's complaint."""
         lines = [ln for ln in sanitize.tail(self.path).split("\n") if ln.strip()]
         lines = [ln for ln in lines if not ln.startswith("# kmatrix:")]
+        lines = [ln for ln in lines if not HEARTBEAT_LINE.match(ln)]
         return lines[-1].strip()[:200] if lines else ""
 
 
@@ -209,7 +254,7 @@ class VngRunner:
             f"# kmatrix: accelerator {accel} ({why})\n# kmatrix: {shlex.join(argv)}\n"
         )
         proc = procs.start_session(argv, console, cwd=workdir, env=vng_env(argv[0]))
-        watch = ConsoleWatch(console, time.monotonic())
+        watch = ConsoleWatch(console, time.monotonic(), [c.id for c in batch.cells])
         try:
             failure = self._supervise(proc, batch, watch, collector, stop)
         finally:
@@ -225,7 +270,10 @@ class VngRunner:
         if boot_s is None and collector.first_result_at is not None:
             boot_s = collector.first_result_at - watch.started
         outcome = self._outcome(collector, accel, console, failure, boot_s, started)
-        return replace(outcome, host_sysctl_changed=host_changes)
+        liveness, age, _ = watch.at_deadline or ("", None, "")
+        return replace(
+            outcome, host_sysctl_changed=host_changes, liveness=liveness, heartbeat_age_s=age
+        )
 
     def _prepare(self, batch: Batch, workdir: Path, on_result: OnResult) -> ResultCollector:
         _, out = prepare(batch, workdir)
@@ -288,7 +336,10 @@ class VngRunner:
                 return f"boot deadline ({self.boot_timeout_s:g}s) passed before the agent started"
             if now > total:
                 n, k = len(batch.cells), len(collector.results)
-                return f"batch deadline ({total:g}s) passed with results for {k} of {n} cells"
+                watch.at_deadline = watch.liveness()
+                words = watch.at_deadline[2]
+                why = f"batch deadline ({total:g}s) passed with results for {k} of {n} cells"
+                return f"{why}; {words}" if words else why
             stop.wait(POLL_S)
 
     @staticmethod
@@ -314,7 +365,7 @@ class VngRunner:
             accelerator=accel,
             host=socket.gethostname(),
             console_log=console,
-            console_tail=sanitize.tail(console),
+            console_tail=sanitize.tail(console, skip=HEARTBEAT_LINE),
             failure=failure,
             boot_s=boot_s,
             wall_s=time.monotonic() - started,

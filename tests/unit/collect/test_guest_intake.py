@@ -11,6 +11,7 @@ import json
 import os
 import stat
 import time
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,41 @@ def test_record_outcome_copies_no_fifo_and_no_link(tmp_path: Path, kind: str) ->
     finishes(lambda: execute.record_outcome(run, "k", outcome(log)), [log])
     assert json.loads((run / "batches" / "k.json").read_text())["console_log"] == ""
     assert not (run / "console" / "k.log").exists()
+
+
+def test_record_outcome_keeps_the_liveness_at_the_deadline(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    execute.record_outcome(run, "k", outcome(tmp_path / "absent"))
+    doc = json.loads((run / "batches" / "k.json").read_text())
+    assert doc["liveness"] == "" and doc["heartbeat_age_s"] is None
+    alive = replace(outcome(tmp_path / "absent"), liveness="alive", heartbeat_age_s=2.5)
+    execute.record_outcome(run, "k", alive)
+    doc = json.loads((run / "batches" / "k.json").read_text())
+    assert doc["liveness"] == "alive" and doc["heartbeat_age_s"] == 2.5
+
+
+@pytest.mark.parametrize(
+    ("doc", "taken"),
+    [
+        (
+            {"liveness": "alive", "heartbeat_age_s": 1.5},
+            {"liveness": "alive", "heartbeat_age_s": 1.5},
+        ),
+        (
+            {"liveness": "silent", "heartbeat_age_s": "40"},
+            {"liveness": "silent", "heartbeat_age_s": None},
+        ),
+        (
+            {"liveness": "silent", "heartbeat_age_s": float("nan")},
+            {"liveness": "silent", "heartbeat_age_s": None},
+        ),
+        ({"liveness": "<b>alive</b>", "heartbeat_age_s": 1.0}, {}),
+        ({"liveness": ["alive"]}, {}),
+        ({}, {}),
+    ],
+)
+def test_a_remote_batchs_liveness_is_taken_in_its_own_words_only(doc: dict, taken: dict) -> None:
+    assert remote.remote_liveness(doc) == taken
 
 
 def test_record_outcome_keeps_the_end_of_a_huge_console(tmp_path: Path) -> None:

@@ -202,3 +202,73 @@ def test_the_new_keys_within_bounds_pass() -> None:
 def test_a_new_key_out_of_bounds_is_named(doc: Any, why: str) -> None:
     assert why in guest_result.problem(doc)
     assert guest_result.vet(doc, "c1")["status"] == "rejected"
+
+
+KERNEL = {
+    "source": "/dev/kmsg",
+    "shared": False,
+    "error": "",
+    "records": 12,
+    "lost": 0,
+    "truncated": False,
+    "log": ["[   12.500000] WARNING: CPU: 0 PID: 1 at x", "[   12.500010] Call Trace:"],
+    "events": [
+        {"kind": "warn", "line": "WARNING: CPU: 0 PID: 1 at x", "t": 12.5, "origin": "kernel"}
+    ],
+    "taint_before": 0,
+    "taint_after": 512 | (1 << 20),
+    "taint_flags_before": [],
+    "taint_flags_after": ["W", "bit20"],
+    "tainted_by_cell": ["W", "bit20"],
+}
+LIVENESS = {
+    "agent_alive": True,
+    "overran": True,
+    "state": "S",
+    "wchan": "pipe_read",
+    "reaped": True,
+}
+P2K = dict(P2X, kernel=KERNEL, liveness=LIVENESS)
+KERNEL_CASES = [
+    (with_(P2K, "kernel", []), "kernel is a list, not an object"),
+    (with_(P2K, "kernel.shared", "yes"), "kernel.shared is a string, not true or false"),
+    (with_(P2K, "kernel.truncated", 1), "kernel.truncated is a number, not true or false"),
+    (with_(P2K, "kernel.error", "e" * 4001), "kernel.error is longer than 4000"),
+    (with_(P2K, "kernel.log", "one line"), "kernel.log is a string, not a list"),
+    (with_(P2K, "kernel.log", ["x"] * 257), "kernel.log has more than 256 items"),
+    (with_(P2K, "kernel.log.1", "x" * 513), "kernel.log[1] is longer than 512"),
+    (with_(P2K, "kernel.log.1", None), "kernel.log[1] is null, not a string"),
+    (with_(P2K, "kernel.events", [KERNEL["events"][0]] * 65), "kernel.events has more than 64"),
+    (with_(P2K, "kernel.events.0.kind", "panic"), "kernel.events[0].kind is 'panic', not one of"),
+    (with_(P2K, "kernel.events.0", {"kind": "warn"}), "kernel.events[0].line is missing"),
+    (with_(P2K, "kernel.events.0.line", "x" * 513), "kernel.events[0].line is longer than 512"),
+    (with_(P2K, "kernel.events.0.origin", "guest"), "kernel.events[0].origin is 'guest'"),
+    (with_(P2K, "kernel.events.0.t", "12.5"), "kernel.events[0].t is a string, not a number"),
+    (with_(P2K, "kernel.taint_before", -1), "kernel.taint_before is not a taint mask"),
+    (with_(P2K, "kernel.taint_after", 1.5), "kernel.taint_after is not a taint mask"),
+    (with_(P2K, "kernel.taint_after", "512"), "kernel.taint_after is not a taint mask"),
+    (with_(P2K, "kernel.taint_after", 2**70), "kernel.taint_after is out of range"),
+    (with_(P2K, "kernel.tainted_by_cell", "W"), "kernel.tainted_by_cell is a string, not a list"),
+    (with_(P2K, "kernel.tainted_by_cell.0", "w"), "kernel.tainted_by_cell[0] is not a taint flag"),
+    (with_(P2K, "kernel.taint_flags_after.1", "bit999"), "taint_flags_after[1] is not a taint"),
+    (with_(P2K, "kernel.taint_flags_before", ["W"] * 65), "has more than 64 items"),
+    (with_(P2K, "liveness", "alive"), "liveness is a string, not an object"),
+    (with_(P2K, "liveness.overran", "true"), "liveness.overran is a string, not true or false"),
+    (with_(P2K, "liveness.reaped", 0), "liveness.reaped is a number, not true or false"),
+    (with_(P2K, "liveness.wchan", "w" * 129), "liveness.wchan is longer than 128"),
+    (with_(P2K, "liveness.state", ["S"]), "liveness.state is a list, not a string"),
+]
+
+
+def test_the_kernel_record_and_liveness_within_bounds_pass() -> None:
+    assert guest_result.problem(P2K) == ""
+    assert guest_result.problem(dict(P2K, kernel=None)) == ""
+    quiet = dict(KERNEL, events=[], log=[], taint_after=None, taint_flags_after=[])
+    assert guest_result.problem(dict(P2K, kernel=quiet)) == ""
+    assert guest_result.problem(dict(P2K, liveness=dict(LIVENESS, state=None, reaped=None))) == ""
+
+
+@pytest.mark.parametrize(("doc", "why"), KERNEL_CASES, ids=[w for _, w in KERNEL_CASES])
+def test_a_kernel_record_out_of_bounds_is_named(doc: Any, why: str) -> None:
+    assert why in guest_result.problem(doc)
+    assert guest_result.vet(doc, "c1")["status"] == "rejected"

@@ -195,6 +195,11 @@ FAKE_VNG = textwrap.dedent(
     print("KMATRIX-AGENT-START 6.1.0-9-amd64", flush=True)
     if mode == "hang":
         time.sleep(300)
+    if mode in ("beating", "beat-then-silent"):
+        for n in range(10**6 if mode == "beating" else 2):
+            print(f"KMATRIX-ALIVE {time.monotonic():.3f} {cells[0]['id']}", flush=True)
+            time.sleep(0.2)
+        time.sleep(300)
     if mode == "panic":
         print("Kernel panic - not syncing: Attempted to kill init!", flush=True)
         time.sleep(300)
@@ -251,7 +256,73 @@ def test_panic_is_caught_early(monkeypatch, tmp_path) -> None:
 
 def test_deadline_kills_the_whole_group(monkeypatch, tmp_path) -> None:
     out, _, _ = run_fake(monkeypatch, tmp_path, "hang", boot_timeout_s=0.5, extra_per_cell_s=0)
-    assert out.failure.startswith("batch deadline (4.5s) passed with results for 0 of 2")
+    assert out.failure == "batch deadline (4.5s) passed with results for 0 of 2 cells"
+    assert out.liveness == "unknown" and out.heartbeat_age_s is None
+
+
+def test_a_deadline_with_the_heartbeat_going_on_says_the_kernel_is_alive(
+    monkeypatch, tmp_path
+) -> None:
+    out, _, batch = run_fake(
+        monkeypatch, tmp_path, "beating", boot_timeout_s=0.5, extra_per_cell_s=0
+    )
+    first = batch.cells[0].id
+    assert out.failure == (
+        "batch deadline (4.5s) passed with results for 0 of 2 cells; kernel alive (last "
+        f"heartbeat 0 s ago, in cell {first}): the program was stuck"
+    )
+    assert out.liveness == "alive" and out.heartbeat_age_s is not None
+    assert out.heartbeat_age_s < 1.0
+    assert "KMATRIX-ALIVE" not in out.console_tail and "KMATRIX-AGENT-START" in out.console_tail
+
+
+def test_a_deadline_after_the_heartbeat_stopped_says_the_kernel_stopped(
+    monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setattr(vng, "ALIVE_WITHIN_S", 1.0)
+    out, _, _ = run_fake(
+        monkeypatch, tmp_path, "beat-then-silent", boot_timeout_s=0.5, extra_per_cell_s=0
+    )
+    assert out.failure.startswith("batch deadline (4.5s) passed with results for 0 of 2 cells; ")
+    assert out.failure.endswith(" s: the kernel stopped answering (dead or hung)")
+    assert "; no heartbeat for " in out.failure
+    assert out.liveness == "silent" and out.heartbeat_age_s is not None
+    assert out.heartbeat_age_s > 1.0
+
+
+def test_console_watch_counts_each_heartbeat_once_even_split_across_reads(tmp_path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("KMATRIX-AGENT-START 6.1\r\nKMATRIX-ALIVE 10.000\r\nKMATRIX-ALIVE 15.0")
+    watch = ConsoleWatch(log, time.monotonic(), ["abc", "def.a2"])
+    watch.scan()
+    assert watch.heartbeats == 1 and watch.last_beat_cell == ""
+    with open(log, "a") as f:
+        f.write("00 def.a2\r\n[  20.1] some kernel line\n")
+    watch.scan()
+    assert watch.heartbeats == 2 and watch.last_beat_cell == "def.a2"
+    with open(log, "a") as f:
+        f.write("KMATRIX-ALIVE 20.000 not-our-cell\nKMATRIX-ALIVE 25.000 <b>x\n")
+    watch.scan()
+    assert watch.heartbeats == 3 and watch.last_beat_cell == ""
+    assert watch.last_line() == "[  20.1] some kernel line"
+
+
+def test_liveness_is_told_by_the_age_of_the_last_heartbeat(tmp_path) -> None:
+    watch = ConsoleWatch(tmp_path / "console.log", 0.0, ["c1"])
+    assert watch.liveness(100.0) == ("unknown", None, "")
+    watch.last_beat_at, watch.last_beat_cell = 98.0, "c1"
+    state, age, words = watch.liveness(100.0)
+    assert (state, age) == ("alive", 2.0)
+    assert words == "kernel alive (last heartbeat 2 s ago, in cell c1): the program was stuck"
+    state, age, words = watch.liveness(98.0 + vng.ALIVE_WITHIN_S + 20)
+    assert state == "silent" and age == vng.ALIVE_WITHIN_S + 20
+    assert words == (f"no heartbeat for {age:.0f} s: the kernel stopped answering (dead or hung)")
+
+
+def test_console_tail_leaves_out_heartbeats(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_text("boot\n" + "KMATRIX-ALIVE 1.000 c1\n" * 100 + "last\n")
+    assert console_tail(log, skip=vng.HEARTBEAT_LINE) == "boot\nlast"
 
 
 def test_stop_interrupts(monkeypatch, tmp_path) -> None:
