@@ -1,6 +1,7 @@
 """Sessions: `tests` (everything, as CI runs it), `unit`, `lint`, `matrix` (the main job),
 `nightly` (the full profile, failing on a changed verdict, with a JUnit file for CI),
-`bench` (kmatrix against bare vng and its own goals; see README "Performance").
+`bench` (kmatrix against bare vng and its own goals; see README "Performance"),
+`report_speed` (the report at 1,000 and 10,000 cells), `noise` (verdicts under a CPU burner).
 
 Run them through `scripts/nox`, which installs the system packages first.
 """
@@ -80,6 +81,16 @@ def bench(session: nox.Session) -> None:
     """
     _install(session)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session
+def report_speed(session: nox.Session) -> None:
+    """Render times of reports of 1,000 and 10,000 recorded cells against their goals;
+    no root, no VM. Extra arguments go to benchmarks/report_speed.py, e.g.
+    `-- --samples 200` or `-- --cells 1000`.
+    """
+    _install(session)
+    session.run("python", "benchmarks/report_speed.py", *session.posargs)
 
 
 @nox.session

@@ -8,7 +8,8 @@ Prints, for the goals in README.md's "Performance" section:
 - kmatrix's own overhead in real `kmatrix run`s (host kernel; one VM kernel): wall time
   minus the time inside cells (their started_at/ended_at) and boots (batches/*.json);
 - cells per hour for the default profile, measured by the VM run above;
-- report rendering time for a synthetic run of `--cells` cells (~100 samples each);
+- report rendering time for `--cells` recorded cells, replicated, 100 samples each (see
+  benchmarks/report_speed.py, which also times 10,000);
 - peak RSS of the orchestrator process (VmHWM) and of this process and its children.
 Needs root, QEMU, virtme-ng and the 6.1 kernel in the cache (`kmatrix kernels fetch 6.1`).
 """
@@ -28,16 +29,17 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from matrix.kernels.catalog import Catalog  # noqa: E402
 from matrix.model import Batch, Cell, Limits, ResolvedKernel  # noqa: E402
+from matrix.plan import cells as plan  # noqa: E402
 from matrix.plan import config  # noqa: E402
 from matrix.run import procs  # noqa: E402
 from matrix.runners.vng import VngRunner, find_tool, stage_kernel, vng_env  # noqa: E402
+from matrix.scenarios.catalogue import builtin  # noqa: E402
 
 Row = tuple[str, str, str, bool | None]
 """(figure, measured, goal, met); met is None where there is no goal."""
@@ -65,7 +67,15 @@ def bare_vng(kernel: ResolvedKernel, work: Path) -> float:
 
 def kmatrix_first_cell(kernel: ResolvedKernel, work: Path) -> tuple[float, float]:
     """(boot_s as the runner records it, seconds from run_batch to the first result)."""
-    cell = Cell("6.1", "1A", (), 0, Limits(window_s=5.0, stall_s=5.0), kernel.identity)
+    cell = Cell(
+        "6.1",
+        "1A",
+        (),
+        0,
+        Limits(window_s=5.0, stall_s=5.0),
+        kernel.identity,
+        program=plan.program(builtin().get("1A")),
+    )
     first: list[float] = []
     started = time.monotonic()
     outcome = VngRunner(accel="tcg", cpus=1, memory_mb=2048).run_batch(
@@ -174,80 +184,15 @@ def run_rows(kernel: ResolvedKernel, tmp: Path, skip_vm: bool) -> tuple[list[Row
     return rows, peaks
 
 
-def synthetic_run(root: Path, n_cells: int) -> Path:
-    """A run directory of `n_cells` puzzle-2 and puzzle-1 results, ~100 samples each."""
-    run = root / "synthetic"
-    (run / "cells").mkdir(parents=True)
-    (run / "batches").mkdir()
-    kernels = [f"k{i}" for i in range(max(1, n_cells // 100))]
-    cells = []
-    for i in range(n_cells):
-        kernel, scenario = kernels[i % len(kernels)], ("1A", "1B", "2A", "2B")[i % 4]
-        cell = {"id": f"c{i:05d}", "kernel": kernel, "scenario": scenario, "trial": 0}
-        cell |= {"sysctls": {"net.ipv4.tcp_tw_reuse": str(i // 4 % 50)}, "window_s": 25.0}
-        cell |= {"iteration_cap": 20000, "stall_s": 10.0, "sample_s": 0.2}
-        cells.append(cell)
-        (run / "cells" / f"{cell['id']}.json").write_text(json.dumps(_result(cell, i)))
-    for k in kernels:
-        batch = {"runner": "vng", "accelerator": "tcg", "host": "bench", "failure": ""}
-        (run / "batches" / f"{k}.json").write_text(json.dumps(batch | {"boot_s": 15.0}))
-    plan = {
-        "cells": cells,
-        "kernels": [
-            {"name": k, "kind": "debian", "release": f"6.{i}.0-1-amd64"}
-            for i, k in enumerate(kernels)
-        ],
-        "fixed_sysctls": [],
-    }
-    (run / "plan.json").write_text(json.dumps(plan))
-    manifest = {"run_id": "synthetic", "kmatrix_version": "bench", "command": "bench"}
-    manifest |= {"started_at": "2026-01-01T00:00:00+00:00", "ended_at": "", "host": "bench"}
-    manifest |= {"host_kernel": "", "python": "", "qemu_version": "", "config_path": ""}
-    (run / "manifest.json").write_text(json.dumps(manifest | {"interrupted": False}))
-    return run
-
-
-def _result(cell: dict[str, Any], i: int) -> dict[str, Any]:
-    """A collector result shaped like a real one: a crawl every third puzzle-2 cell."""
-    doc: dict[str, Any] = {"cell_id": cell["id"], "scenario": cell["scenario"], "status": "ok"}
-    doc |= {"kernel_release": "6.1.0-1-amd64", "error": None, "started_at": 0, "ended_at": 25}
-    doc |= {"evidence": {"stall": None, "final": {"state": "R", "wchan": "", "stack": ""}}}
-    doc["sysctls"] = {"requested": cell["sysctls"], "read_back": cell["sysctls"], "problems": []}
-    if cell["scenario"] in ("1A", "1B"):
-        doc |= {"series": [], "metrics": {"bytes_queued": 3_973_120, "sends": 243}}
-        return doc
-    series, n = [], 0
-    for k in range(100):
-        n += 800 if (i % 3 or k < 30) else 40
-        series.append(
-            {
-                "t": k * 0.25,
-                "iterations": n,
-                "tw": min(n, 14100),
-                "state": "R",
-                "wchan": "",
-                "utime": k * 0.05,
-                "stime": k * 0.2,
-            }
-        )
-    doc |= {"series": series, "metrics": {"iterations": n, "elapsed_s": 25.0, "tw_max": 14100}}
-    return doc
-
-
 def render_rows(tmp: Path, n_cells: int) -> list[Row]:
-    """Load (classify) and render a synthetic run, timed separately."""
-    from matrix.report.render import render_report
-    from matrix.results.table import load_run
+    """Load (classify) and render a run of recorded cells replicated to `n_cells`, timed
+    separately (benchmarks/report_speed.py; its goals)."""
+    from report_speed import GOALS, measure
 
-    run = synthetic_run(tmp, n_cells)
-    started = time.monotonic()
-    data = load_run(run)
-    loaded = time.monotonic()
-    render_report(data, tmp / "synthetic-report")
-    done = time.monotonic()
-    total = done - started
-    text = f"{total:.2f} s (load + classify {loaded - started:.2f} s, render {done - loaded:.2f} s)"
-    return [(f"report of {n_cells} cells with plots", text, "< 3 s", total < 3.0)]
+    load_s, render_s, _ = measure(tmp, n_cells, samples=100, repeats=1)
+    goal = GOALS.get(n_cells, GOALS[1000] * n_cells / 1000)
+    text = f"{render_s:.2f} s render (load + classify {load_s:.2f} s), 100 samples a cell"
+    return [(f"report of {n_cells} cells with plots", text, f"< {goal:g} s", render_s < goal)]
 
 
 def rss_rows(run_peaks_kb: list[int]) -> list[Row]:

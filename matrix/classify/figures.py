@@ -27,12 +27,8 @@ def key_figure(scenario: Scenario | str, c: Classified, scenarios: Catalogue | N
     spec = scenario if isinstance(scenario, Scenario) else (scenarios or builtin()).find(scenario)
     m = c.metrics
     rule = spec.series_rule() if spec else None
-    if c.verdict is Verdict.INFRA and m.get("inconclusive"):
-        unit = (spec.report.counter_unit if spec else "") or "counts"
-        count = m.get(rule.counter if rule else "iterations", 0) or 0
-        return f"{count:,} {unit}, short of the goal"
     if c.verdict is Verdict.INFRA:
-        return "no result"
+        return _not_counted(spec, c)
     key = spec.report.key if spec else None
     if key:
         value = m.get(key)
@@ -49,6 +45,29 @@ def key_figure(scenario: Scenario | str, c: Classified, scenarios: Catalogue | N
             return "-"
         return f"{m['early_rate']:,.0f}/s → {m['late_rate']:,.0f}/s"
     return _reported(m)
+
+
+def _not_counted(spec: Scenario | None, c: Classified) -> str:
+    """An infra cell: what it measured and why that does not count ("6,303 conns, stopped
+    short of the knee"); "no result" only when nothing was measured at all."""
+    m = c.metrics
+    rule = spec.series_rule() if spec else None
+    measured = ""
+    if rule and isinstance(m.get(rule.counter), int | float):
+        unit = (spec.report.counter_unit if spec else "") or rule.counter
+        measured = f"{m[rule.counter]:,.0f} {unit}"
+    elif spec and spec.report.key and isinstance(m.get(spec.report.key), int | float):
+        measured = shown(m[spec.report.key], spec.metric(spec.report.key))
+    if not measured:
+        return "no result"
+    if not m.get("inconclusive"):
+        return f"{measured}, {c.reason.split(':', 1)[0].split(';', 1)[0]}"
+    knee_t, end = m.get("knee_t"), m.get("elapsed_s")
+    if not isinstance(knee_t, int | float):
+        return f"{measured}, stopped short of the knee"
+    if isinstance(end, int | float) and end >= knee_t:
+        return f"{measured}, {end - knee_t:.1f} s past the knee, short of the goal"
+    return f"{measured}, past the knee, short of the goal"
 
 
 def _reported(m: dict[str, Any]) -> str:

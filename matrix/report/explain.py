@@ -48,6 +48,17 @@ def cell_label(row: Mapping[str, Any]) -> str:
     return " · ".join(p for p in (row.get("sysctl_label") or "", named) if p)
 
 
+def setting_parts(row: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A cell's settings as (short name, value) pairs: its sysctl label's words, then its
+    parameters, so that settings can be compared one sysctl at a time."""
+    label = str(row.get("sysctl_label") or "")
+    parts = [tuple(w.split("=", 1)) for w in label.split() if "=" in w]
+    params = row.get("params") or {}
+    if isinstance(params, dict):
+        parts += [(str(k), str(v)) for k, v in params.items()]
+    return tuple((k, v) for k, v in parts)
+
+
 def _n(value: Any) -> str:
     v = number(value)
     return "?" if v is None else f"{v:,.0f}"
@@ -279,14 +290,19 @@ def paragraphs(
     rows: list[Mapping[str, Any]],
     alone: list[Scenario],
     pairs: list[tuple[Scenario, Scenario, list[Mapping[str, Any]]]],
+    kernels: list[str] | None = None,
+    details: Mapping[str, Mapping[str, Any]] | None = None,
+    min_ratio: float = 0.2,
 ) -> list[dict[str, Any]]:
-    """A section's explanation: each scenario shown on its own with its mechanism and
-    findings, then each pair with both mechanisms and the pair's findings."""
+    """A section's explanation: each scenario shown on its own with its mechanism,
+    findings and what each kernel did, then each pair likewise."""
+    order = kernels or sorted({str(r["kernel"]) for r in rows})
     out: list[dict[str, Any]] = [
         {
             "scenario": s.name,
             "mechanisms": [s.explanation] if s.explanation else [],
             "findings": findings(rows, s),
+            "per_kernel": per_kernel(rows, s, order, details or {}, min_ratio),
         }
         for s in alone
     ]
@@ -296,6 +312,351 @@ def paragraphs(
                 "scenario": "",
                 "mechanisms": [s.explanation for s in (a, b) if s.explanation],
                 "findings": pair_findings(prows, a, b),
+                "per_kernel": pair_per_kernel(prows, a, b, order),
             }
         )
     return out
+
+
+ALIKE = 1.25
+"""Two settings with the same verdict whose figures are within this factor behave alike."""
+RATE_MEASURED = ("success", "slowdown")
+"""Verdicts whose late rate describes the loop (an errno or a stall ends it early)."""
+
+
+def _first_by_setting(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """A kernel's cells of one scenario by setting: the first measured trial of each."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r.get("trial") or 0):
+        out.setdefault(cell_label(r) or "defaults", r)
+    return out
+
+
+def _full_metric(
+    row: Mapping[str, Any], details: Mapping[str, Mapping[str, Any]], name: str | None
+) -> Any:
+    """A metric as the program reported it (a range is a list, which the table drops)."""
+    if not name:
+        return None
+    doc = details.get(str(row.get("cell_id"))) or {}
+    metrics = doc.get("metrics") if isinstance(doc.get("metrics"), Mapping) else {}
+    return metrics.get(name, value_of(row, name))
+
+
+def knee_of(
+    rows: Iterable[Mapping[str, Any]], spec: Scenario, details: Mapping[str, Mapping[str, Any]]
+) -> tuple[float | None, str]:
+    """A series-rate scenario's knee from its own cells, and where it comes from: half
+    the range the manifest names (`knee_half_range`), or the knee metric's value."""
+    rule = spec.series_rule()
+    if rule is None:
+        return None, ""
+    unit = _unit_of(spec, rule.counter, spec.report.counter_unit)
+    for r in rows:
+        span = _full_metric(r, details, rule.knee_half_range)
+        if isinstance(span, list) and len(span) == 2 and all(number(v) is not None for v in span):
+            lo, hi = int(span[0]), int(span[1])
+            knee = (hi - lo + 1) // 2
+            title = _title_of(spec, rule.knee_half_range)
+            return knee, f"the knee is {knee:,} {unit}, half the {title} {lo}-{hi}"
+        knee = number(_full_metric(r, details, rule.knee_metric))
+        if knee is not None:
+            return knee, f"the knee is {knee:,.0f} {unit}, the {_title_of(spec, rule.knee_metric)}"
+    return None, ""
+
+
+def _title_of(spec: Scenario, name: str | None) -> str:
+    m = spec.metric(name) if name else None
+    return (m.title if m else name) or ""
+
+
+def stop_point(detail: Mapping[str, Any], counter: str, early: float, least: float) -> float | None:
+    """The count where a loop's rate first fell below `least` x its early rate for a
+    whole second, from its own samples: the start of the first one-second stretch that
+    slow (None: it never was, or there are no samples)."""
+    samples = [
+        (number(s.get("t")), number(s.get(counter)))
+        for s in detail.get("series") or []
+        if isinstance(s, Mapping)
+    ]
+    pts = [(t, n) for t, n in samples if t is not None and n is not None]
+    j = 0
+    for t0, n0 in pts:
+        while j < len(pts) and pts[j][0] - t0 < 1.0:
+            j += 1
+        if j == len(pts):
+            return None
+        t1, n1 = pts[j]
+        if (n1 - n0) / (t1 - t0) < least * early:
+            return n0
+    return None
+
+
+def _stopped(
+    row: Mapping[str, Any],
+    spec: Scenario,
+    details: Mapping[str, Mapping[str, Any]],
+    least: float,
+    knee: float | None,
+) -> str:
+    """How one collapsed cell stopped keeping its rate: where (against the knee), and
+    the context metric's value."""
+    rule = spec.series_rule()
+    counter = rule.counter if rule else "iterations"
+    unit = _unit_of(spec, counter, spec.report.counter_unit)
+    ctx = spec.report.context
+    context = number(value_of(row, ctx)) if ctx else None
+    tail = f", {_title_of(spec, ctx)} {context:,.0f}" if context is not None else ""
+
+    def at(point: float | None) -> str:
+        if point is None:
+            return ""
+        share = f", {point / knee:.2f}x the knee" if knee else ""
+        return f" at {point:,.0f} {unit}{share}"
+
+    verdict = row["verdict"]
+    if verdict == "error":
+        err = row.get("error_name") or "an error"
+        return f"died with {err}{at(number(row.get('error_iteration')))}{tail}"
+    if verdict == "hang":
+        return f"stalled{at(number(value_of(row, counter)))}{tail}"
+    if verdict == "fail":
+        return f"failed{tail}"
+    early = number(row.get("early_rate"))
+    point = None
+    if early:
+        point = stop_point(details.get(str(row.get("cell_id"))) or {}, counter, early, least)
+    rates = f"{_n(row.get('early_rate'))}/s → {_n(row.get('late_rate'))}/s"
+    return f"fell below {least:g}x its early rate{at(point)}, {rates}{tail}"
+
+
+def _grouped(items: Mapping[str, str]) -> str:
+    """Settings sharing one description listed together: "a, b (what); c (other)"."""
+    groups: dict[str, list[str]] = {}
+    for label, text in items.items():
+        groups.setdefault(text, []).append(label)
+    return "; ".join(f"{', '.join(labels)} ({text})" for text, labels in groups.items())
+
+
+def _kernel_rates(
+    labels: Mapping[str, Mapping[str, Any]],
+    spec: Scenario,
+    details: Mapping[str, Mapping[str, Any]],
+    least: float,
+) -> str:
+    """One kernel of a series-rate scenario: where the knee is, which settings stopped
+    keeping their rate and where, and how far the others' context metric went."""
+    knees = {k: knee_of([r], spec, details) for k, r in labels.items()}
+    stated = {text for _, text in knees.values() if text}
+    fell = {
+        k: _stopped(r, spec, details, least, knees[k][0])
+        for k, r in labels.items()
+        if r["verdict"] in COLLAPSED
+    }
+    held = {k: r for k, r in labels.items() if r["verdict"] not in COLLAPSED}
+    if len(stated) == 1:
+        text = stated.pop()
+        parts = [text[:1].upper() + text[1:]]
+    else:
+        parts = ["The knee differs between its settings"] if stated else []
+    if fell:
+        parts.append(f"It stopped keeping its rate with {_grouped(fell)}")
+    if held:
+        ctx = spec.report.context
+        values = [v for r in held.values() if ctx and (v := number(value_of(r, ctx))) is not None]
+        most = f" ({_title_of(spec, ctx)} {_span(values)})" if values else ""
+        which = "every setting" if not fell else ", ".join(held)
+        parts.append(f"It kept its rate with {which}{most}")
+    return ". ".join(parts) + "."
+
+
+def _measure(spec: Scenario) -> tuple[Any, Any, str]:
+    """What two settings are compared by, how to print it and its name: the late rate
+    for a series-rate rule (of cells that kept running), else the key metric."""
+    if spec.series_rule():
+
+        def late(r: Mapping[str, Any]) -> float | None:
+            return number(value_of(r, "late_rate")) if r["verdict"] in RATE_MEASURED else None
+
+        return late, (lambda v: f"{_n(v)}/s"), "late rate"
+    key = spec.report.key
+    if key:
+        metric = spec.metric(key)
+        return (
+            (lambda r: number(value_of(r, key))),
+            (lambda v: shown(v, metric)),
+            _title_of(spec, key),
+        )
+    return (lambda r: None), str, "figure"
+
+
+def _apart(labels: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, str, str, str, str]]:
+    """Settings one sysctl (or parameter) apart, neighbours in that one's value order:
+    (name, value 1, value 2, the settings they share, label 1, label 2)."""
+    parts = {label: dict(setting_parts(r)) for label, r in labels.items()}
+    out = []
+    for name in dict.fromkeys(k for p in parts.values() for k in p):
+        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+        for label, p in parts.items():
+            if name in p:
+                rest = tuple((k, v) for k, v in p.items() if k != name)
+                groups.setdefault(rest, []).append(label)
+        for rest, members in groups.items():
+            members.sort(key=lambda m: _value_key(parts[m][name]))
+            shared = " ".join(f"{k}={v}" for k, v in rest)
+            for l1, l2 in zip(members, members[1:], strict=False):
+                out.append((name, parts[l1][name], parts[l2][name], shared, l1, l2))
+    return out
+
+
+def _value_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def compare_settings(
+    labels: Mapping[str, Mapping[str, Any]], measure: Any, show: Any, what: str
+) -> str:
+    """Settings one sysctl apart on one kernel: which behave differently and by how
+    much (their verdicts and key figures, or `what` by its figures), and which alike."""
+    differ, alike = [], {}
+    for name, v1, v2, shared, l1, l2 in _apart(labels):
+        r1, r2 = labels[l1], labels[l2]
+        m1, m2 = measure(r1), measure(r2)
+        head = f"{name} {v1} → {v2}" + (f" (with {shared})" if shared else "")
+        if r1["verdict"] != r2["verdict"]:
+            sides = [
+                r["verdict"] + (f" ({r['key_figure']})" if r.get("key_figure") else "")
+                for r in (r1, r2)
+            ]
+            differ.append(f"{head}: {sides[0]} → {sides[1]}")
+        elif m1 is not None and m2 is not None and (m1 > 0 or m2 > 0):
+            lo, hi = min(m1, m2), max(m1, m2)
+            if lo > 0 and hi / lo <= ALIKE:
+                alike.setdefault(f"{name} {v1} vs {v2}", []).append(shared)
+                continue
+            factor = ""
+            if lo > 0:
+                factor = f" ({hi / lo:,.1f}x {'higher' if m2 > m1 else 'lower'})"
+            elif lo == 0:
+                factor = " (from 0)" if m1 == 0 else " (to 0)"
+            differ.append(f"{head}: both {r1['verdict']}, {what} {show(m1)} → {show(m2)}{factor}")
+        else:
+            alike.setdefault(f"{name} {v1} vs {v2}", []).append(shared)
+    text = []
+    if differ:
+        text.append("One setting apart: " + "; ".join(differ) + ".")
+    if alike:
+        listed = [
+            f"{pair} (with {', '.join(c for c in ctx if c)})" if any(ctx) else pair
+            for pair, ctx in alike.items()
+        ]
+        same = f"same verdict, {what} within {ALIKE:g}x where both have one"
+        text.append(f"Alike ({same}): " + "; ".join(listed) + ".")
+    return " ".join(text)
+
+
+def per_kernel(
+    rows: list[Mapping[str, Any]],
+    spec: Scenario,
+    kernels: list[str],
+    details: Mapping[str, Mapping[str, Any]],
+    min_ratio: float,
+) -> list[dict[str, str]]:
+    """What each kernel did in one scenario, from its own cells: for a series-rate rule,
+    where it stopped keeping its rate (against the knee and the context metric); for
+    any scenario, how settings one sysctl apart differ on that kernel."""
+    own = [r for r in rows if r["scenario"] == spec.name]
+    rule = spec.series_rule()
+    least = rule.min_ratio if rule and rule.min_ratio is not None else min_ratio
+    measure, show, what = _measure(spec)
+    by_kernel: dict[str, list[Mapping[str, Any]]] = {}
+    for r in own:
+        by_kernel.setdefault(str(r["kernel"]), []).append(r)
+    out = []
+    for kernel in kernels:
+        cells = by_kernel.get(kernel, [])
+        measured = [r for r in cells if r["verdict"] not in NOT_MEASURED]
+        if not cells:
+            continue
+        labels = _first_by_setting(measured)
+        unsettled = {
+            k: f"{r['verdict']}: {r.get('key_figure') or r.get('reason') or '-'}"
+            for k, r in _first_by_setting(r for r in cells if r["verdict"] in NOT_MEASURED).items()
+            if k not in labels
+        }
+        if not measured:
+            out.append({"kernel": kernel, "text": f"No cell counted: {_grouped(unsettled)}."})
+            continue
+        text = [_kernel_rates(labels, spec, details, least)] if rule else []
+        text.append(compare_settings(labels, measure, show, what))
+        if unsettled:
+            text.append(f"Not counted: {_grouped(unsettled)}.")
+        if any(text):
+            out.append({"kernel": kernel, "text": " ".join(t for t in text if t)})
+    return out
+
+
+def pair_per_kernel(
+    prows: list[Mapping[str, Any]], a: Scenario, b: Scenario, kernels: list[str]
+) -> list[dict[str, str]]:
+    """A pair on each kernel: the ratio per setting against the expected one, and how
+    settings one sysctl apart differ."""
+    spec = b.report.ratio
+    if spec is None:
+        return []
+    metric = b.metric(spec.metric) or a.metric(spec.metric)
+    by_kernel: dict[str, list[Mapping[str, Any]]] = {}
+    for p in prows:
+        by_kernel.setdefault(str(p["kernel"]["name"]), []).append(p)
+    out = []
+    for kernel in kernels:
+        mine = by_kernel.get(kernel, [])
+        if not mine:
+            continue
+        text = []
+        for p in mine:
+            label = "" if len(mine) == 1 else f"{p.get('label') or 'defaults'}: "
+            if p.get("ratio") is None:
+                verdicts = ", ".join(
+                    f"{s.name} {r['verdict'] if r else 'not run'}"
+                    for s, r in ((a, p["a"]), (b, p["b"]))
+                )
+                text.append(f"{label}no ratio ({verdicts})")
+                continue
+            va, vb = (_figure(value_of(r, spec.metric), metric) for r in (p["a"], p["b"]))
+            ctx = _context(spec.context_metric, p["a"], p["b"], a, b)
+            text.append(f"{label}{p['ratio']:.3f} ({va} vs {vb}{ctx}){_against(p['ratio'], spec)}")
+        line = f"{b.name} / {a.name} " + "; ".join(text) + "."
+        sides = {
+            (p.get("label") or "defaults"): dict(
+                p["b"] or p["a"] or {},
+                verdict=_pair_verdict(p),
+                pair_ratio=p.get("ratio"),
+                key_figure="",
+            )
+            for p in mine
+        }
+        compared = compare_settings(
+            sides, lambda r: number(r.get("pair_ratio")), lambda v: f"{v:.3f}", "ratio"
+        )
+        out.append({"kernel": kernel, "text": " ".join(t for t in (line, compared) if t)})
+    return out
+
+
+def _pair_verdict(p: Mapping[str, Any]) -> str:
+    verdicts = sorted({str(r.get("verdict") or "?") for r in (p["a"], p["b"]) if r})
+    return " / ".join(verdicts) or "not run"
+
+
+def _against(ratio: float, spec: Any) -> str:
+    """How a ratio stands against the one the manifest expects."""
+    if spec.expect is None:
+        return ""
+    expected = spec.expect_text or f"{spec.expect:g}"
+    off = ratio - spec.expect
+    if abs(off) <= spec.slack:
+        return f", within {spec.slack:g} of {expected}"
+    return f", {abs(off):.3f} {'above' if off > 0 else 'below'} {expected}"

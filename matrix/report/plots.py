@@ -1,57 +1,46 @@
-"""Inline SVG plots for the cell pages: a series field over time, and TIME-WAIT beside it.
+"""The report's plots as data: what to draw, computed here, drawn in the browser by uPlot.
 
 A scenario's manifest names the series field to plot (`report.plot`). A cumulative
 counter (the one its series-rate rule judges) is plotted as its rate per sampling
 interval, anything else as its value. When the samples carry TIME-WAIT counts (`tw`,
-from /proc/net/sockstat) they are plotted below on the same time axis, so that the
-reader sees a rate collapse exactly when TIME-WAIT fills the port range.
+from /proc/net/sockstat) they are plotted on a second axis over the same time, so that
+the reader sees a rate collapse exactly when TIME-WAIT fills the port range.
 
-Plots are the expensive part of a report, so one `SeriesPlotter` keeps a single figure
-per number of panels and only swaps the line data for each cell (about 4x cheaper than a
-new figure each time). Nothing is cached at module level: each report (or worker
-process) owns its plotter.
+Drawing in Python (an SVG per cell) cost ~20 ms a plot, most of a report's time; a
+plot's numbers as JSON cost well under a millisecond. `plot_json` embeds a plot in a
+page as a `<script type="application/json">` that templates/plot.js draws, with zoom on
+the x axis and hover values. The JSON holds numbers and labels only, and is escaped so
+that nothing in it can end the script element.
 """
 
 from __future__ import annotations
 
-import io
-import math
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import matplotlib
+from markupsafe import Markup
 
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator, StrMethodFormatter  # noqa: E402
-
-_RC = {
-    "svg.fonttype": "none",
-    "svg.hashsalt": "kmatrix",
-    "font.size": 8,
-    "font.family": "sans-serif",
-    "axes.edgecolor": "#999999",
-    "axes.labelcolor": "#333333",
-    "xtick.color": "#555555",
-    "ytick.color": "#555555",
-}
-"""Text as <text> (not glyph paths) keeps the SVG small and fast; a fixed salt keeps
-clip-path ids stable so that two renders of the same run are byte-identical."""
+from matrix.collect import sanitize
 
 RATE_COLOUR = "#2563eb"
 TW_COLOUR = "#d97706"
 STALL_COLOUR = "#dc2626"
-PANEL_IN = 1.125
-"""Height of one panel; the margins below and above it come on top."""
+LINE_COLOURS = ("#2563eb", "#d97706", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#4b5563")
+"""One colour per line of a plot with several (settings across kernels), in order."""
+_JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def _num(value: Any) -> float | None:
-    """A finite float, or None for anything a collector left out or could not measure."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
+    """A finite float, or None for anything a collector left out or could not measure
+    (a bool is no number). By exact type: this runs once per sample and field."""
+    kind = type(value)
+    if kind is float:
+        return value if value - value == 0.0 else None
+    if kind is int:
+        return float(value)
+    return None
 
 
 def interval_rates(
@@ -64,17 +53,18 @@ def interval_rates(
     """
     times: list[float] = []
     rates: list[float] = []
-    prev: tuple[float, float] | None = None
+    prev_t = prev_n = None
     for sample in series:
-        if not isinstance(sample, Mapping):
+        if not isinstance(sample, dict):
             continue
-        t, it = _num(sample.get("t")), _num(sample.get(field))
-        if t is None or it is None:
+        t, n = _num(sample.get("t")), _num(sample.get(field))
+        if t is None or n is None:
             continue
-        if prev is not None and t > prev[0]:
+        if prev_t is not None and t > prev_t:
             times.append(t)
-            rates.append(max(0.0, (it - prev[1]) / (t - prev[0])))
-        prev = (t, it)
+            rate = (n - prev_n) / (t - prev_t)
+            rates.append(rate if rate > 0.0 else 0.0)
+        prev_t, prev_n = t, n
     return times, rates
 
 
@@ -82,9 +72,16 @@ def values(
     series: Iterable[Mapping[str, Any]], field: str, scale: float = 1.0
 ) -> tuple[list[float], list[float]]:
     """A field's value (times `scale`) at each sample that recorded it."""
-    pairs = [(_num(s.get("t")), _num(s.get(field))) for s in series if isinstance(s, Mapping)]
-    kept = [(t, v * scale) for t, v in pairs if t is not None and v is not None]
-    return [t for t, _ in kept], [v for _, v in kept]
+    times: list[float] = []
+    out: list[float] = []
+    for sample in series:
+        if not isinstance(sample, dict):
+            continue
+        t, v = _num(sample.get("t")), _num(sample.get(field))
+        if t is not None and v is not None:
+            times.append(t)
+            out.append(v * scale)
+    return times, out
 
 
 def tw_counts(series: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
@@ -94,7 +91,7 @@ def tw_counts(series: Iterable[Mapping[str, Any]]) -> tuple[list[float], list[fl
 
 @dataclass(frozen=True)
 class Trace:
-    """One panel's line: times, values, the y axis label and the colour."""
+    """One line: times, values, its axis label and its colour."""
 
     times: list[float]
     values: list[float]
@@ -109,85 +106,90 @@ def traces(
     label: str,
     scale: float = 1.0,
 ) -> list[Trace]:
-    """The panels for a cell: the field (as a rate when it is a counter), then TIME-WAIT
-    when the samples carry it; a panel with nothing to draw is left out."""
+    """The lines of a cell's plot: the field (as a rate when it is a counter), then
+    TIME-WAIT when the samples carry it; a line with nothing to draw is left out."""
     main = interval_rates(series, field) if rate else values(series, field, scale)
     tw = tw_counts(series)
     out = [Trace(*main, label, RATE_COLOUR)] if main[1] else []
     return out + ([Trace(*tw, "TIME-WAIT", TW_COLOUR)] if tw[1] else [])
 
 
-class _Panels:
-    """A reusable figure of n panels sharing the time axis."""
-
-    def __init__(self, n: int, width_in: float) -> None:
-        height = PANEL_IN * n + 0.35
-        with matplotlib.rc_context(_RC):
-            self.fig = Figure(figsize=(width_in, height))
-            axes = self.fig.subplots(n, 1, sharex=True, squeeze=False)
-            self.axes = [row[0] for row in axes]
-            self.lines = [ax.plot([], [], lw=1.3)[0] for ax in self.axes]
-            self.stall_lines = [
-                ax.axvline(0.0, color=STALL_COLOUR, lw=0.9, ls="--", visible=False)
-                for ax in self.axes
-            ]
-        self._style(height)
-
-    def _style(self, height: float) -> None:
-        """Few ticks and no box: the plot is a glance at the shape, the table has figures.
-
-        Only the bottom panel draws the x axis (they share it); drawing an axis is most
-        of a plot's cost, and the page's caption says the axis is in seconds.
-        """
-        for ax in self.axes:
-            ax.xaxis.set_major_locator(MaxNLocator(6))
-            ax.spines["top"].set_visible(False)
-            ax.spines["right"].set_visible(False)
-            ax.grid(axis="y", color="#e5e7eb", lw=0.6)
-        for ax in self.axes[:-1]:
-            ax.xaxis.set_visible(False)
-        self.fig.subplots_adjust(
-            left=0.13, right=0.98, bottom=0.286 / height, top=1 - 0.104 / height, hspace=0.12
-        )
-
-    def svg(self, panels: Sequence[Trace], stall_t: float | None) -> str:
-        for ax, line, trace in zip(self.axes, self.lines, panels, strict=True):
-            line.set_data(trace.times, trace.values)
-            line.set_color(trace.colour)
-            ax.set_ylabel(trace.label)
-            whole = max([*trace.values, 0.0]) >= 10
-            ax.yaxis.set_major_locator(MaxNLocator(3, integer=whole))
-            ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}" if whole else "{x:,.3g}"))
-            # Limits are set from this cell's data every time: the figure is reused, and
-            # autoscaling would otherwise stay frozen at the first cell's limits.
-            ax.set_ylim(0, max([*trace.values, 1.0]) * 1.08)
-        for line in self.stall_lines:
-            line.set_visible(stall_t is not None)
-            if stall_t is not None:
-                line.set_xdata([stall_t, stall_t])
-        t_end = max([t for p in panels for t in p.times] + [stall_t or 0.0, 1e-3])
-        self.axes[-1].set_xlim(0, t_end * 1.02)
-        buf = io.StringIO()
-        with matplotlib.rc_context(_RC):
-            self.fig.savefig(buf, format="svg", metadata={"Date": None})
-        text = buf.getvalue()
-        return text[text.find("<svg") :]
+def _text(value: Any) -> str:
+    """Labels reach the page as text, but still without control characters or escapes."""
+    return sanitize.clean(str(value))
 
 
-class SeriesPlotter:
-    """Cell plots from reused figures, one per number of panels, made when first needed."""
+def _rounded(value: float | None) -> float | None:
+    """Three decimals are more than a plot shows and keep the page small; small values
+    keep their digits."""
+    if value is None:
+        return None
+    return round(value, 3) if value >= 0.1 or value <= -0.1 else value
 
-    def __init__(self, width_in: float = 6.0) -> None:
-        self._width = width_in
-        self._figures: dict[int, _Panels] = {}
 
-    def figure(self, panels: int) -> _Panels:
-        if panels not in self._figures:
-            self._figures[panels] = _Panels(panels, self._width)
-        return self._figures[panels]
+def time_plot(lines: Sequence[Trace], stall_t: float | None = None) -> dict[str, Any] | None:
+    """A cell's plot: its lines over seconds since the program started, each on an axis
+    of its own (the first left, the second right), and the stall as a dashed line."""
+    if not lines:
+        return None
+    lines = lines[:2]
+    stamps = [[round(t, 4) for t in line.times] for line in lines]
+    xs = sorted(set().union(*stamps))
+    at: dict[float, int] = {}
+    series = []
+    for i, (line, ts) in enumerate(zip(lines, stamps, strict=True)):
+        if ts == xs:
+            ys = [_rounded(v) for v in line.values]
+        else:
+            at = at or {t: i for i, t in enumerate(xs)}
+            ys = [None] * len(xs)
+            for t, v in zip(ts, line.values, strict=True):
+                ys[at[t]] = _rounded(v)
+        series.append({"label": _text(line.label), "colour": line.colour, "values": ys, "axis": i})
+    stall = _num(stall_t)
+    return {
+        "x": xs,
+        "xlabel": "seconds",
+        "xunit": "s",
+        "axes": [_text(line.label) for line in lines],
+        "series": series,
+        "vlines": [{"x": stall, "colour": STALL_COLOUR, "label": "stall"}]
+        if stall is not None
+        else [],
+    }
 
-    def svg(self, panels: Sequence[Trace], stall_t: float | None = None) -> str:
-        """The plot as an <svg> element ready to inline, or "" when there is nothing to draw."""
-        if not panels:
-            return ""
-        return self.figure(len(panels)).svg(panels, stall_t)
+
+def category_plot(
+    categories: Sequence[str],
+    lines: Sequence[tuple[str, Sequence[float | None]]],
+    axis: str,
+    hlines: Sequence[tuple[float, str]] = (),
+) -> dict[str, Any] | None:
+    """Values per category (a kernel, in release order), a line per series (a setting),
+    with points so that a kernel measured alone still shows; None with nothing to draw."""
+    if not any(v is not None for _, vs in lines for v in vs):
+        return None
+    return {
+        "x": list(range(len(categories))),
+        "categories": [_text(c) for c in categories],
+        "xlabel": "kernel",
+        "axes": [_text(axis)],
+        "points": True,
+        "series": [
+            {
+                "label": _text(label),
+                "colour": LINE_COLOURS[i % len(LINE_COLOURS)],
+                "values": [_rounded(_num(v)) for v in vs],
+                "axis": 0,
+            }
+            for i, (label, vs) in enumerate(lines)
+        ],
+        "hlines": [{"y": y, "colour": "#6b7280", "label": _text(text)} for y, text in hlines],
+    }
+
+
+def plot_json(spec: Mapping[str, Any]) -> Markup:
+    """A plot as the body of a <script type="application/json">: strict JSON with <, >
+    and & escaped, so no label can close the element or start markup."""
+    text = json.dumps(spec, separators=(",", ":"), allow_nan=False)
+    return Markup(text.translate(_JSON_ESCAPES))

@@ -4,7 +4,8 @@ Everything shown comes from guests and collectors, so it is untrusted: Jinja2 es
 every expression (autoescape) and `clean` strips control characters and terminal escape
 sequences from every printed string (it is the environment's `finalize`, so a template
 cannot forget it). StrictUndefined turns a field missing from the run into an error
-instead of a silently blank page. The output needs no network: CSS and plots are inline.
+instead of a silently blank page. The output needs no network: CSS is inline, and the
+plots are data in each page drawn by uPlot from the report's own assets/ folder.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import json
 import multiprocessing
 import os
 import re
+import statistics
 import sys
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from matrix.collect import sanitize
 from matrix.model import Verdict
 from matrix.plan import cells
 from matrix.report import explain
-from matrix.report.plots import RATE_COLOUR, TW_COLOUR, SeriesPlotter, traces
+from matrix.report.plots import category_plot, plot_json, time_plot, traces
 from matrix.report.threshold import is_threshold_run, render_threshold
 from matrix.results.table import RunData, records
 from matrix.run import rundir
@@ -39,16 +41,26 @@ VERDICTS = tuple(v.value for v in Verdict)
 _SEVERITY = {"infra": 0, "skip": 1, "success": 2, "slowdown": 3, "fail": 4, "error": 5, "hang": 6}
 """For a folded cell's colour: a hang among trials is the news, a skip the least of it."""
 _POOL_MIN_PAGES = 64
-"""Below this many cell pages a process pool costs more than it saves."""
+"""Below this many cell pages a second process costs more than it saves."""
+ASSETS = "assets"
+"""The report's folder of scripts and styles that pages share (uPlot and its glue)."""
+_ASSET_FILES = (
+    ("vendor/uplot/uPlot.iife.min.js", "uPlot.iife.min.js"),
+    ("vendor/uplot/uPlot.min.css", "uPlot.min.css"),
+    ("vendor/uplot/LICENSE", "uPlot.LICENSE"),
+    ("plot.js", "plot.js"),
+)
 
 
 def clean(value: Any) -> Any:
     """Strip terminal escapes and control characters from a string; keep newlines and tabs.
 
     A console tail or a /proc stack can carry colour codes, bells or bidi overrides that
-    garble or disguise the page. Markup built by this module (the plots) is left alone.
+    garble or disguise the page. Markup built by this module (the plots' JSON) is left alone,
+    and so is a string `isprintable` (no control, format or separator character but a
+    space), which is most of them and costs one C call.
     """
-    if isinstance(value, Markup) or not isinstance(value, str):
+    if isinstance(value, Markup) or not isinstance(value, str) or value.isprintable():
         return value
     return sanitize.clean(value)
 
@@ -137,7 +149,8 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Trials of one (kernel, scenario, sysctls) as one cell; flaky when verdicts differ.
 
     The colour is the worst measured verdict: one hang among successes is the news.
-    Infra only colours a cell when no trial measured anything.
+    Infra only colours a cell when no trial measured anything; one stopped short of its
+    goal is labelled inconclusive, since its figures were measured.
     """
     trials = sorted(rows, key=lambda r: r["trial"] or 0)
     verdicts = [r["verdict"] for r in trials]
@@ -145,6 +158,7 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     worst = max(measured, key=lambda v: _SEVERITY.get(v, 0))
     return {
         "verdict": worst,
+        "label": "inconclusive" if worst == "infra" and _inconclusive(trials[0]) else worst,
         "flaky": len(set(verdicts)) > 1,
         "confirmation": confirmation_mark(trials[0]),
         "key_figure": trials[0]["key_figure"],
@@ -163,10 +177,49 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _inconclusive(row: Mapping[str, Any]) -> bool:
+    return bool(explain.value_of(row, "inconclusive"))
+
+
 def _cell_key(row: Mapping[str, Any]) -> str:
     """Folding key for a cell's settings: sysctls and parameters, by identity not label."""
     key = {"sysctls": row.get("sysctls") or {}, "params": row.get("params") or {}}
     return json.dumps(key, sort_keys=True, default=str)
+
+
+def _full_settings(row: Mapping[str, Any]) -> str:
+    """Every sysctl by its full name and every parameter, for a column's title."""
+    sysctls = row.get("sysctls") if isinstance(row.get("sysctls"), dict) else {}
+    params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    items = [f"{k}={v}" for k, v in (sysctls or {}).items()]
+    items += [f"{k}={v}" for k, v in (params or {}).items()]
+    return ", ".join(items) or "kernel defaults"
+
+
+def column_heads(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Short column headings for a grid: only the values of the settings that vary
+    between its columns, their names once (`axis`) and the settings every column shares
+    (`common`); each heading's title has the full sysctl names and values."""
+    parts = [dict(explain.setting_parts(r)) for r in rows]
+    names = list(dict.fromkeys(k for p in parts for k in p))
+    same_keys = all(list(p) == names for p in parts)
+    varying = [k for k in names if len({p.get(k) for p in parts}) > 1]
+    shown = (varying or names) if same_keys else []
+    heads = []
+    for row, p in zip(rows, parts, strict=True):
+        if shown:
+            text = " · ".join(str(p[k]) for k in shown)
+        else:
+            text = explain.cell_label(row) or "defaults"
+        heads.append(
+            {
+                "text": text,
+                "title": f"{explain.cell_label(row) or 'defaults'} "
+                f"({_full_settings(row)}); click to sort by this column",
+            }
+        )
+    common = [f"{k}={parts[0][k]}" for k in names if same_keys and k not in shown]
+    return {"heads": heads, "axis": " · ".join(shown), "common": " ".join(common)}
 
 
 def matrix_grid(
@@ -175,12 +228,14 @@ def matrix_grid(
     """Scenarios as a grid: columns grouped by scenario then settings, a row per kernel."""
     names = {s.name: s for s in specs}
     columns: dict[tuple[str, str], str] = {}
+    firsts: dict[tuple[str, str], dict[str, Any]] = {}
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         if row["scenario"] not in names:
             continue
         col = (row["scenario"], _cell_key(row))
         columns.setdefault(col, explain.cell_label(row))
+        firsts.setdefault(col, row)
         groups.setdefault((row["kernel"], *col), []).append(row)
     order = sorted(columns, key=lambda c: (natural_key(c[0]), natural_key(columns[c]), c[1]))
     scenarios: list[dict[str, Any]] = []
@@ -197,10 +252,12 @@ def matrix_grid(
         }
         for k in kernels
     ]
-    labels = [columns[c] or "defaults" for c in order]
+    heads = column_heads([firsts[c] for c in order])
     return {
         "scenarios": scenarios,
-        "labels": labels,
+        "heads": heads["heads"],
+        "axis": heads["axis"],
+        "common": heads["common"],
         "columns": [c[0] for c in order],
         "rows": grid,
     }
@@ -227,10 +284,12 @@ def pair_rows(
     for row in rows:
         if row["scenario"] in (a.name, b.name):
             groups.setdefault((row["kernel"], _cell_key(row)), []).append(row)
+    by_kernel: dict[str, list[tuple[str, str]]] = {}
+    for g in groups:
+        by_kernel.setdefault(g[0], []).append(g)
     out = []
     for kernel in kernels:
-        keys = sorted((g for g in groups if g[0] == kernel["name"]), key=lambda g: g[1])
-        for key in keys:
+        for key in sorted(by_kernel.get(kernel["name"], []), key=lambda g: g[1]):
             ra, rb = _first_trial(groups[key], a.name), _first_trial(groups[key], b.name)
             va = explain.value_of(ra, ratio.metric) if ra else None
             vb = explain.value_of(rb, ratio.metric) if rb else None
@@ -286,13 +345,107 @@ def run_scenarios(run: RunData) -> Catalogue:
     return cells.scenarios_from(rundir.read_json(path) if path.is_file() else {})
 
 
+def _median_by(
+    rows: Iterable[Mapping[str, Any]], value: Any, keep: Any
+) -> dict[tuple[str, str], float]:
+    """The median of `value(row)` per (setting, kernel) over the rows `keep` accepts."""
+    found: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        v = explain.number(value(r)) if keep(r) else None
+        if v is not None:
+            found.setdefault((explain.cell_label(r) or "defaults", str(r["kernel"])), []).append(v)
+    return {k: statistics.median(vs) for k, vs in found.items()}
+
+
+def _lines(values: Mapping[tuple[str, str], float], names: list[str]) -> list[tuple[str, list]]:
+    labels = sorted({label for label, _ in values}, key=natural_key)
+    return [(label, [values.get((label, k)) for k in names]) for label in labels]
+
+
+def _plot(scenario: str, title: str, sub: str, spec: dict[str, Any] | None) -> dict | None:
+    """A plot of the matrix page (its id is given once the sections are in order)."""
+    if spec is None:
+        return None
+    return {
+        "id": "",
+        "scenario": scenario,
+        "title": title,
+        "sub": sub,
+        "json": plot_json(spec),
+    }
+
+
+def scenario_plot(
+    rows: list[dict[str, Any]], names: list[str], spec: Scenario, min_ratio: float
+) -> dict[str, Any] | None:
+    """A scenario's key figure against kernel version, a line per setting: the late/early
+    rate for a series-rate rule (with the success line), else its key metric."""
+    own = [r for r in rows if r["scenario"] == spec.name]
+    rule = spec.series_rule()
+    if rule:
+        least = rule.min_ratio if rule.min_ratio is not None else min_ratio
+        values = _median_by(
+            own,
+            lambda r: explain.value_of(r, "rate_ratio"),
+            lambda r: r["verdict"] in explain.RATE_MEASURED,
+        )
+        plot = category_plot(
+            names, _lines(values, names), "late / early rate", [(least, f"success from {least:g}")]
+        )
+        sub = (
+            "the late rate (from the knee to the end) over the rate before the knee, "
+            "for cells that kept running (success or slowdown); hover for each setting"
+        )
+        return _plot(spec.name, f"{spec.name}: late / early rate per kernel", sub, plot)
+    key = spec.report.key
+    if not key:
+        return None
+    metric = spec.metric(key)
+    scale = metric.scale if metric else 1.0
+    values = _median_by(
+        own,
+        lambda r: (
+            v * scale if (v := explain.number(explain.value_of(r, key))) is not None else None
+        ),
+        lambda r: r["verdict"] not in explain.NOT_MEASURED,
+    )
+    unit = (metric.display_unit or metric.unit) if metric else ""
+    title = metric.title if metric else key
+    axis = f"{title} ({unit})" if unit else title
+    plot = category_plot(names, _lines(values, names), axis)
+    sub = "the median over trials of each measured cell; hover for each setting"
+    return _plot(spec.name, f"{spec.name}: {title} per kernel", sub, plot)
+
+
+def pair_plot(view: dict[str, Any], names: list[str], ratio: RatioSpec) -> dict | None:
+    """A pair's ratio against kernel version, a line per setting, the expected one dotted."""
+    values = {
+        (p["label"] or "defaults", p["kernel"]["name"]): p["ratio"]
+        for p in view["rows"]
+        if p["ratio"] is not None
+    }
+    expected = []
+    if ratio.expect is not None:
+        expected = [(ratio.expect, f"expected {ratio.expect_text or f'{ratio.expect:g}'}")]
+    axis = f"{view['b']} / {view['a']}"
+    plot = category_plot(names, _lines(values, names), axis, expected)
+    title = f"{axis}: {view['metric']} per kernel"
+    return _plot("", title, "the first trial of each; hover for each setting", plot)
+
+
 def sections(
-    rows: list[dict[str, Any]], kernels: list[dict[str, Any]], cat: Catalogue
+    rows: list[dict[str, Any]],
+    kernels: list[dict[str, Any]],
+    cat: Catalogue,
+    details: Mapping[str, Mapping[str, Any]] | None = None,
+    min_ratio: float = 0.2,
 ) -> list[dict[str, Any]]:
     """The matrix page's sections, by the manifests' `report.section`: a scenario with a
-    ratio to another one of its section is shown as a pair, every other one in a grid.
-    Sections of grids come first, then those with pairs."""
+    ratio to another one of its section is shown as a pair, every other one in a grid of
+    its own, each with its key figure plotted across kernels. Sections of grids come
+    first, then those with pairs."""
     names = sorted({str(r["scenario"]) for r in rows}, key=natural_key)
+    kernel_names = [str(k["name"]) for k in kernels]
     grouped: dict[str, list[Scenario]] = {}
     for spec in (cat.find(n) or bare(n) for n in names):
         key = f"section {spec.report.section}" if spec.report.section else f"own {spec.name}"
@@ -308,26 +461,38 @@ def sections(
         ]
         paired = {s.name for a, b, _ in pairs for s in (a, b)}
         alone = [s for s in specs if s.name not in paired]
-        pair_views = [(a, b, pair_table(rows, kernels, a, b, r)) for a, b, r in pairs]
+        pair_views = [(a, b, r, pair_table(rows, kernels, a, b, r)) for a, b, r in pairs]
         own = f"{first.name}: {first.title}" if first.title else first.name
         out.append(
             {
                 "title": first.report.section or own,
                 "note": next((s.report.section_note for s in specs if s.report.section_note), ""),
                 "scenarios": [s.name for s in specs],
-                "grid": matrix_grid(rows, kernels, alone) if alone else None,
-                "pairs": [view for _, _, view in pair_views],
+                "grids": [matrix_grid(rows, kernels, [s]) for s in alone],
+                "pairs": [view for _, _, _, view in pair_views],
+                "plots": [
+                    p
+                    for p in [scenario_plot(rows, kernel_names, s, min_ratio) for s in alone]
+                    + [pair_plot(view, kernel_names, r) for _, _, r, view in pair_views]
+                    if p
+                ],
                 "explain": explain.paragraphs(
-                    rows, alone, [(a, b, view["rows"]) for a, b, view in pair_views]
+                    rows,
+                    alone,
+                    [(a, b, view["rows"]) for a, b, _, view in pair_views],
+                    kernel_names,
+                    details,
+                    min_ratio,
                 ),
             }
         )
     out.sort(key=lambda sec: bool(sec["pairs"]))
-    grids = [sec["grid"] for sec in out if sec["grid"]]
-    for i, grid in enumerate(grids):
+    for i, grid in enumerate(g for sec in out for g in sec["grids"]):
         grid["id"] = "matrix" if i == 0 else f"matrix-{i + 1}"
     for i, pair in enumerate(p for sec in out for p in sec["pairs"]):
         pair["id"] = f"pairs-{i + 1}"
+    for i, plot in enumerate(p for sec in out for p in sec["plots"]):
+        plot["id"] = f"kplot-{i + 1}"
     return out
 
 
@@ -368,10 +533,11 @@ def index_context(
     """Everything the matrix page shows, computed once so the template only lays it out."""
     kernels = sorted_kernels(run)
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in VERDICTS}
+    least = (run.manifest.get("thresholds") or {}).get("success_min_ratio", 0.2)
     return {
         "manifest": run.manifest,
         "kernels": kernels,
-        "sections": sections(rows, kernels, cat or run_scenarios(run)),
+        "sections": sections(rows, kernels, cat or run_scenarios(run), run.details, least),
         "scenario_names": sorted({str(r["scenario"]) for r in rows}, key=natural_key),
         "legend": _legend(run.manifest),
         "thresholds": dict(run.manifest["thresholds"], **run.manifest.get("cell_limits", {})),
@@ -379,6 +545,7 @@ def index_context(
         "total": len(rows),
         "failures": [k for k in kernels if k["failure"]],
         "threshold_page": is_threshold_run(run.run_dir),
+        "assets": f"{ASSETS}/",
     }
 
 
@@ -518,24 +685,23 @@ def plot_spec(spec: Scenario, series: list[Any]) -> dict[str, Any] | None:
     if rule and rule.counter == field:
         what = (metric.unit if metric else "") or spec.report.counter_unit or field
         heading = f"{what[:1].upper()}{what[1:]} per second"
-        key, axis, scale = f"{what}/s", f"{spec.report.counter_unit or what}/s", 1.0
+        axis, scale = f"{what}/s", 1.0
         sub = "per sampling interval, over seconds since the program started"
     else:
         label = metric.title if metric else field
         unit = (metric.display_unit or metric.unit) if metric else ""
         heading = label[:1].upper() + label[1:]
-        key = f"{label} ({unit})" if unit else label
-        axis, scale = unit or label, metric.scale if metric else 1.0
+        axis = f"{label} ({unit})" if unit else label
+        scale = metric.scale if metric else 1.0
         sub = "at each sample, over seconds since the program started"
-    keys = [(RATE_COLOUR, key)] + ([(TW_COLOUR, "TIME-WAIT sockets")] if has_tw else [])
+    tw = "; TIME-WAIT sockets on the right axis" if has_tw else ""
     return {
         "field": field,
         "rate": bool(rule and rule.counter == field),
         "scale": scale,
         "axis": axis,
         "heading": heading + (" and TIME-WAIT" if has_tw else ""),
-        "sub": sub + "; dashed line: stall detected",
-        "keys": keys,
+        "sub": sub + tw + "; dashed line: stall detected; drag to zoom, double-click to reset",
     }
 
 
@@ -546,7 +712,7 @@ def cell_context(
     manifest: Mapping[str, Any],
     spec: Scenario | None = None,
 ) -> dict[str, Any]:
-    """A cell page's content; the plot is drawn later, by whichever process writes the page."""
+    """A cell page's content, its plot as data for the browser to draw."""
     spec = spec or bare(str(row["scenario"]))
     metrics = detail.get("metrics") or {}
     evidence = detail.get("evidence") or {}
@@ -554,6 +720,12 @@ def cell_context(
     nstat = metrics.get("nstat") or detail.get("nstat") or {}
     series = detail.get("series") or []
     params = row.get("params") if isinstance(row.get("params"), dict) else {}
+    plot = plot_spec(spec, series)
+    drawn = None
+    if plot:
+        lines = traces(series, plot["field"], plot["rate"], plot["axis"], plot["scale"])
+        stall_t = stall.get("t") if isinstance(stall, dict) else None
+        drawn = time_plot(lines, stall_t if isinstance(stall_t, int | float) else None)
     return {
         "row": row,
         "kernel": kernel,
@@ -574,76 +746,97 @@ def cell_context(
         "error": detail.get("error"),
         "log_tail": detail.get("log_tail") or "",
         "console_tail": row.get("console_tail") or (kernel or {}).get("console_tail") or "",
-        "series": series,
-        "plot": plot_spec(spec, series),
-        "stall_t": stall.get("t") if isinstance(stall, dict) else None,
+        "plot": plot if drawn else None,
+        "plot_json": plot_json(drawn) if drawn else "",
+        "assets": f"../{ASSETS}/",
     }
 
 
-def _render_pages(tdir: str, cells_dir: str, pages: list[dict[str, Any]]) -> int:
-    """Write cell pages with one environment and reused figures (runs in a worker)."""
-    template = environment(Path(tdir)).get_template("cell.html")
-    plotter = SeriesPlotter()
-    for page in pages:
-        stall_t = page["stall_t"] if isinstance(page["stall_t"], int | float) else None
-        plot = page["plot"]
-        svg = ""
-        if plot:
-            panels = traces(
-                page["series"], plot["field"], plot["rate"], plot["axis"], plot["scale"]
+@dataclass(frozen=True)
+class CellPages:
+    """What every cell page is made from, shared with forked workers (never pickled)."""
+
+    rows: list[dict[str, Any]]
+    run: RunData
+    cat: Catalogue
+    template: jinja2.Template
+    cells_dir: Path
+
+    def write(self, share: int, shares: int) -> int:
+        """Render and write every `shares`-th page from `share` (plot-heavy and light
+        pages interleave, so the shares take about as long)."""
+        kernels = {k["name"]: k for k in self.run.manifest["kernels"]}
+        done = 0
+        for row in self.rows[share::shares]:
+            page = cell_context(
+                row,
+                self.run.details.get(row["cell_id"]) or {},
+                kernels.get(row["kernel"]),
+                self.run.manifest,
+                self.cat.find(str(row["scenario"])),
             )
-            svg = plotter.svg(panels, stall_t)
-        html = template.render(page, plot_svg=Markup(svg))
-        rundir.write_text_atomic(Path(cells_dir, page_name(page["row"]["cell_id"])), html)
-    return len(pages)
+            html = self.template.render(page)
+            rundir.write_text_atomic(self.cells_dir / page_name(row["cell_id"]), html)
+            done += 1
+        return done
 
 
 def _workers(pages: int) -> int:
-    """Plots dominate render time; spread them over processes when there are many."""
+    """One process per core the renderer may use, when there are enough pages to share."""
     if pages < _POOL_MIN_PAGES or not sys.platform.startswith("linux"):
         return 1
-    return max(1, min(os.cpu_count() or 1, 8, pages // (_POOL_MIN_PAGES // 2)))
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, 8, pages // (_POOL_MIN_PAGES // 2)))
 
 
-def render_cells(pages: list[dict[str, Any]], cells_dir: Path, tdir: Path) -> None:
-    """Render every cell page, in parallel (fork) when the run is large."""
-    jobs = _workers(len(pages))
-    if jobs == 1:
-        _render_pages(str(tdir), str(cells_dir), pages)
+def render_cells(job: CellPages) -> None:
+    """Every cell page; with many, forked workers write their shares beside this process
+    (fork: they start with the table, the details and the compiled template in memory)."""
+    shares = _workers(len(job.rows))
+    if shares == 1:
+        job.write(0, 1)
         return
-    chunks = [pages[i::jobs] for i in range(jobs)]
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        list(pool.map(_render_pages, [str(tdir)] * jobs, [str(cells_dir)] * jobs, chunks))
+    workers = [ctx.Process(target=job.write, args=(i, shares)) for i in range(1, shares)]
+    for w in workers:
+        w.start()
+    try:
+        job.write(0, shares)
+    finally:
+        for w in workers:
+            w.join()
+    failed = [w.exitcode for w in workers if w.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} cell page worker(s) failed (exit {failed[0]})")
+
+
+def copy_assets(out_dir: Path, tdir: Path) -> Path:
+    """uPlot and the plot script, once per report, where every page links them."""
+    dest = out_dir / ASSETS
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, name in _ASSET_FILES:
+        rundir.write_text_atomic(dest / name, (tdir / src).read_text(encoding="utf-8"))
+    return dest
 
 
 def render_report(run: RunData, out_dir: Path) -> Path:
     """Write out_dir/index.html (the matrix) and out_dir/cells/<cell_id>.html; return the index.
 
     The index is rendered first so that a run with a missing field fails before any
-    (slow) cell page is drawn.
+    cell page is written.
     """
     out_dir = Path(out_dir)
     tdir = template_dir()
+    env = environment(tdir)
     rows = records(run.table)
     cat = run_scenarios(run)
-    index_html = environment(tdir).get_template("index.html").render(index_context(run, rows, cat))
-    kernels = {k["name"]: k for k in run.manifest["kernels"]}
-    pages = [
-        cell_context(
-            row,
-            run.details.get(row["cell_id"]) or {},
-            kernels.get(row["kernel"]),
-            run.manifest,
-            cat.find(str(row["scenario"])),
-        )
-        for row in rows
-    ]
+    index_html = env.get_template("index.html").render(index_context(run, rows, cat))
     cells_dir = out_dir / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    render_cells(pages, cells_dir, tdir)
+    copy_assets(out_dir, tdir)
+    render_cells(CellPages(rows, run, cat, env.get_template("cell.html"), cells_dir))
     index = out_dir / "index.html"
     rundir.write_text_atomic(index, index_html)
     if is_threshold_run(run.run_dir):
-        render_threshold(run, out_dir, environment(tdir))
+        render_threshold(run, out_dir, env)
     return index

@@ -1,6 +1,6 @@
 """The threshold page of a `kmatrix threshold` run: per kernel the flip bracket, the rates
 measured on both sides of it, the flip the seed's explanation predicts, and a plot of
-late/early rate against the searched value.
+late/early rate against the searched value (data drawn by uPlot, as on every page).
 
 It reads threshold.json (what the search decided) and the run's table (what each probe
 cell measured), so re-rendering after a change of classifier thresholds shows the cells'
@@ -9,14 +9,11 @@ new verdicts next to the bracket the search found with the old ones.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from markupsafe import Markup
-
-from matrix.report.plots import _RC, Figure, matplotlib
+from matrix.report.plots import plot_json
 from matrix.results.table import RunData, records
 from matrix.run import rundir
 from matrix.search import threshold as th
@@ -78,51 +75,52 @@ def kernel_context(
         "stopped": doc["stopped"],
         "predicted": pred,
         "inside": inside,
-        "plot": Markup(ratio_svg(probes, b, pred[0] if pred else None, key, ratio)),
+        "plot": ratio_plot(probes, b, pred[0] if pred else None, key, ratio),
     }
 
 
-def ratio_svg(
+def ratio_plot(
     probes: list[dict[str, Any]],
     b: Mapping[str, Any],
     predicted: float | None,
     xlabel: str = "value",
     success_ratio: float | None = None,
-) -> str:
-    """Late/early rate of every probe cell against the value, coloured by verdict; the
-    dotted line is the classifier's success ratio (a probe above it is not a slowdown)."""
-    points = [
-        (p["value"], r.get("rate_ratio"), r.get("verdict"))
+) -> dict[str, Any] | None:
+    """Late/early rate of every probe cell against the value, success and the rest in
+    two colours; the band is the bracket, the dashed line the predicted flip and the
+    dotted one the classifier's success ratio (a probe above it is not a slowdown)."""
+    points = sorted(
+        (float(p["value"]), float(r["rate_ratio"]), r.get("verdict") == th.SUCCESS)
         for p in probes
         for r in p["rows"]
         if isinstance(r.get("rate_ratio"), int | float)
-    ]
+    )
     if not points:
-        return ""
-    with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(6.0, 2.4))
-        ax = fig.subplots()
-        for ok, colour, label in ((True, OK_COLOUR, "success"), (False, BAD_COLOUR, "other")):
-            sel = [(x, y) for x, y, v in points if (v == th.SUCCESS) == ok]
-            if sel:
-                ax.scatter(*zip(*sel, strict=True), s=14, color=colour, label=label, zorder=3)
-        if b.get("found"):
-            ax.axvspan(b["lo"], b["hi"], color="#fde68a", alpha=0.6, lw=0, label="bracket")
-        if predicted is not None:
-            ax.axvline(predicted, color=PREDICT_COLOUR, ls="--", lw=1, label="predicted")
-        if success_ratio is not None:
-            ax.axhline(success_ratio, color=PREDICT_COLOUR, ls=":", lw=0.8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("late / early rate")
-        ax.set_ylim(0, max(1.1, max(y for _, y, _ in points) * 1.05))
-        ax.spines["top"].set_visible(False)
-        ax.spines["right"].set_visible(False)
-        ax.legend(loc="upper right", fontsize=7, frameon=False)
-        fig.subplots_adjust(left=0.1, right=0.98, bottom=0.18, top=0.96)
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    text = buf.getvalue()
-    return text[text.find("<svg") :]
+        return None
+    series = [
+        {
+            "label": label,
+            "colour": colour,
+            "values": [y if ok == want else None for _, y, ok in points],
+            "axis": 0,
+        }
+        for want, colour, label in ((True, OK_COLOUR, "success"), (False, BAD_COLOUR, "other"))
+    ]
+    return {
+        "x": [x for x, _, _ in points],
+        "xlabel": xlabel,
+        "axes": ["late / early rate"],
+        "points": True,
+        "scatter": True,
+        "series": series,
+        "bands": [{"from": b["lo"], "to": b["hi"], "colour": "#fde68a"}] if b.get("found") else [],
+        "vlines": [{"x": predicted, "colour": PREDICT_COLOUR, "label": "predicted"}]
+        if predicted is not None
+        else [],
+        "hlines": [{"y": success_ratio, "colour": PREDICT_COLOUR, "label": ""}]
+        if success_ratio is not None
+        else [],
+    }
 
 
 def render_threshold(run: RunData, out_dir: Path, env: Any) -> Path:
@@ -131,7 +129,11 @@ def render_threshold(run: RunData, out_dir: Path, env: Any) -> Path:
     rows = {r["cell_id"]: r for r in records(run.table)} if len(run.table) else {}
     ratio = (run.manifest.get("thresholds") or {}).get("success_min_ratio")
     kernels = [kernel_context(doc["key"], n, k, rows, ratio) for n, k in doc["kernels"].items()]
-    html = env.get_template(PAGE).render(manifest=run.manifest, search=doc, kernels=kernels)
+    for k in kernels:
+        k["plot_json"] = plot_json(k["plot"]) if k["plot"] else ""
+    html = env.get_template(PAGE).render(
+        manifest=run.manifest, search=doc, kernels=kernels, assets="assets/"
+    )
     path = Path(out_dir) / PAGE
     rundir.write_text_atomic(path, html)
     return path

@@ -74,5 +74,5 @@ def test_run_directory_and_report(search: tuple[dict, Path]) -> None:
     plan = json.loads((run / "plan.json").read_text())
     assert {c["id"] for c in plan["cells"]} == cells
     page = (tmp / "reports" / "run" / "threshold.html").read_text()
-    assert "half the port range (8,192 ports)" in page and "<svg" in page
+    assert "half the port range (8,192 ports)" in page and 'class="plot-data"' in page
     assert 'href="threshold.html"' in (tmp / "reports" / "run" / "index.html").read_text()

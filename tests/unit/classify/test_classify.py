@@ -189,7 +189,19 @@ def test_success_needs_the_margins_past_the_knee() -> None:
     c = classify(doc)
     assert c.verdict is Verdict.INFRA and c.metrics["inconclusive"]
     assert "stopped by the window_s" in c.reason and "past the knee (14,116)" in c.reason
-    assert key_figure("2B", c) == f"{c.metrics['iterations']:,} conns, short of the goal"
+    assert key_figure("2B", c) == "14,158 conns, 0.3 s past the knee, short of the goal"
+
+
+def test_an_infra_cell_shows_what_it_measured_and_why_it_does_not_count() -> None:
+    short = knee_result([1000] * 12)  # 6,000 connections in 6 s, the knee at 14,116
+    c = classify(short)
+    assert c.verdict is Verdict.INFRA and c.metrics["inconclusive"]
+    assert key_figure("2B", c) == "6,000 conns, stopped short of the knee"
+    empty = classify(result())  # no samples: no rates to judge
+    assert empty.verdict is Verdict.INFRA and empty.reason == "too few samples to compute rates"
+    assert key_figure("2B", empty) == "0 conns, too few samples to compute rates"
+    assert key_figure("2B", classify(None, "boot timeout")) == "no result"
+    assert key_figure("2B", classify({"status": "timeout", "status_detail": "60 s"})) == "no result"
 
 
 def test_a_loop_past_both_margins_is_judged_on_its_post_knee_rate() -> None:

@@ -195,3 +195,111 @@ def test_paragraphs_take_mechanisms_from_the_manifests() -> None:
     assert "sk_stream_is_writeable" in out[1]["mechanisms"][0]
     assert "2/3" in out[1]["findings"]
     assert explain.paragraphs(ROWS, [], []) == []
+
+
+def crawl(until: int, n: int = 40) -> list[dict]:
+    """Samples every 0.5 s: 13,000/s up to `until` connections, then 40/s."""
+    out, it = [], 0
+    for i in range(n):
+        out.append({"t": i * 0.5, "iterations": it})
+        it += 6500 if it < until else 20
+    return out
+
+
+def swept(kernel: str, buckets: str, reuse: str, verdict: str, **metrics: object) -> dict:
+    label = f"buckets={buckets} reuse={reuse}"
+    return {
+        "cell_id": f"{kernel}-{buckets}-{reuse}",
+        **p2(kernel, label, verdict, **metrics),
+        "params": {},
+    }
+
+
+SWEPT = [
+    swept("6.1", "2000", "0", "success", early_rate=13000.0, late_rate=12500.0, tw_max=2000),
+    swept("6.1", "50000", "0", "slowdown", early_rate=13000.0, late_rate=40.0, tw_max=28231),
+    swept("6.1", "65535", "0", "slowdown", early_rate=13000.0, late_rate=38.0, tw_max=28231),
+    swept("6.1", "50000", "1", "success", early_rate=12000.0, late_rate=11800.0, tw_max=14000),
+    swept("7.2", "50000", "0", "infra", key_figure="6,303 conns, stopped short of the knee"),
+]
+for _r in SWEPT[:4]:
+    _r["key_figure"] = f"{_r['early_rate']:,.0f}/s → {_r['late_rate']:,.0f}/s"
+
+
+def test_per_kernel_says_where_each_kernel_stops_keeping_its_rate() -> None:
+    details = {
+        r["cell_id"]: {"metrics": {"port_range": [32768, 60999]}, "series": crawl(14116)}
+        for r in SWEPT
+    }
+    found = explain.per_kernel(SWEPT, S2B, ["6.1", "7.2", "6.12"], details, 0.2)
+    assert [k["kernel"] for k in found] == ["6.1", "7.2"]
+    text = found[0]["text"]
+    assert text.startswith(
+        "The knee is 14,116 connections, half the ephemeral port range 32768-60999. "
+    )
+    assert (
+        "It stopped keeping its rate with buckets=50000 reuse=0 (fell below 0.2x its early rate "
+        "at 19,500 connections, 1.38x the knee, 13,000/s → 40/s, TIME-WAIT max 28,231)" in text
+    )
+    assert (
+        "It kept its rate with buckets=2000 reuse=0, buckets=50000 reuse=1 "
+        "(TIME-WAIT max 2,000-14,000)" in text
+    )
+    assert found[1]["text"] == (
+        "No cell counted: buckets=50000 reuse=0 (infra: 6,303 conns, stopped short of the knee)."
+    )
+
+
+def test_per_kernel_compares_settings_one_sysctl_apart() -> None:
+    text = explain.per_kernel(SWEPT, S2B, ["6.1"], {}, 0.2)[0]["text"]
+    assert (
+        "One setting apart: buckets 2000 → 50000 (with reuse=0): success (13,000/s → 12,500/s) "
+        "→ slowdown (13,000/s → 40/s); reuse 0 → 1 (with buckets=50000): slowdown "
+        "(13,000/s → 40/s) → success (12,000/s → 11,800/s)." in text
+    )
+    assert (
+        "Alike (same verdict, late rate within 1.25x where both have one): "
+        "buckets 50000 vs 65535 (with reuse=0)." in text
+    )
+    both = [dict(r, verdict="success") for r in SWEPT[:4]]
+    text = explain.per_kernel(both, S2B, ["6.1"], {}, 0.2)[0]["text"]
+    assert "buckets 2000 → 50000 (with reuse=0): both success, late rate 12,500/s → 40/s" in text
+    assert "(312.5x lower)" in text
+
+
+def test_a_pair_per_kernel_against_the_expected_ratio() -> None:
+    rows = [p1("6.1", 3_000_000, 2_000_000), p1("odd", 3_000_000, 2_900_000)]
+    found = explain.pair_per_kernel(rows, S1A, S1B, ["6.1", "odd", "none"])
+    assert found == [
+        {
+            "kernel": "6.1",
+            "text": "1B / 1A 0.667 (3,000,000 B vs 2,000,000 B; SO_SNDBUF after: 4,194,304 B), "
+            "within 0.05 of 2/3.",
+        },
+        {
+            "kernel": "odd",
+            "text": "1B / 1A 0.967 (3,000,000 B vs 2,900,000 B; SO_SNDBUF after: 4,194,304 B), "
+            "0.300 above 2/3.",
+        },
+    ]
+
+
+def test_settings_of_any_scenario_are_compared_by_its_key_metric() -> None:
+    spec = scenario("tput", THROUGHPUT)
+
+    def row(size: str, verdict: str, rate: float) -> dict:
+        return {
+            "kernel": "6.1",
+            "scenario": "tput",
+            "verdict": verdict,
+            "params": {"size": size},
+            "key_figure": f"{rate / 1e9:.2f} Gbit/s",
+            "metrics": {"rate": rate},
+        }
+
+    rows = [row("64", "success", 1e9), row("1500", "success", 3e9), row("9000", "fail", 3.1e9)]
+    text = explain.per_kernel(rows, spec, ["6.1"], {}, 0.2)[0]["text"]
+    assert text == (
+        "One setting apart: size 64 → 1500: both success, throughput 1.00 Gbit/s → 3.00 Gbit/s "
+        "(3.0x higher); size 1500 → 9000: success (3.00 Gbit/s) → fail (3.10 Gbit/s)."
+    )

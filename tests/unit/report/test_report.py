@@ -48,18 +48,31 @@ def test_host_row_is_marked(rendered: Path) -> None:
     assert re.search(r'<tr class="hostrow" data-k="host 6\.18', html)
 
 
+def kernel_rows(html: str, kernel: str) -> str:
+    """A kernel's rows of every scenario's grid, one after the other."""
+    return "".join(part.split("</tr>", 1)[0] for part in html.split(f'data-k="{kernel}')[1:])
+
+
+def test_each_scenario_has_a_grid_of_its_own(rendered: Path) -> None:
+    html = rendered.read_text()
+    grids = re.findall(
+        r'<div class="grid" data-s="([^"]*)">\s*<div [^>]*><table class="matrix" id="([^"]*)"', html
+    )
+    assert grids == [("2A", "matrix"), ("2B", "matrix-2")]
+
+
 def test_cells_carry_verdict_classes_and_key_figures(rendered: Path) -> None:
     html = rendered.read_text()
-    bullseye = html.split('data-k="bullseye', 1)[1].split("</tr>", 1)[0]
+    bullseye = kernel_rows(html, "bullseye")
     assert 'class="v error"' in bullseye and "13,000/s → 0/s" in bullseye
     assert bullseye.count('class="v success"') == 2
-    sid = html.split('data-k="sid', 1)[1].split("</tr>", 1)[0]
+    sid = kernel_rows(html, "sid")
     assert sid.count('class="v infra"') == 3
 
 
 def test_differing_trials_fold_into_one_flaky_cell(rendered: Path) -> None:
     html = rendered.read_text()
-    bookworm = html.split('data-k="bookworm', 1)[1].split("</tr>", 1)[0]
+    bookworm = kernel_rows(html, "bookworm")
     assert 'class="v hang flaky"' in bookworm
     assert "#1 <b>hang</b>" in bookworm and "#2 <b>slowdown</b>" in bookworm
     assert bookworm.count('<td class="c') == 4
@@ -88,6 +101,12 @@ def test_sections_come_from_the_manifests_grids_first(rendered: Path) -> None:
     assert 'id="matrix"' in grid and 'class="pairs"' not in grid
     assert '<div class="explain" data-s="2B"><p><b>2B.</b> In 2B the client closes first' in grid
     assert "6 of 11 measured 2B cells on 5 kernels collapsed" in grid
+    assert '<details class="per-kernel" open><summary>Per kernel</summary>' in grid
+    assert (
+        "<li><b>custom</b>: It stopped keeping its rate with buckets=65535 reuse=0 (fell below "
+        "0.2x its early rate at 19,500 connections, 13,000/s → 200/s, TIME-WAIT max 14,100)."
+        in grid
+    )
     pair = section(html, "1A 1B")
     assert '<h2>Puzzle 1: write buffer vs POLLOUT<span class="sub">bytes queued' in pair
     assert "<p>1A calls send() until it returns EAGAIN" in pair and 'id="matrix"' not in pair
@@ -138,11 +157,60 @@ def test_every_link_to_a_cell_page_exists(rendered: Path) -> None:
 
 def test_cell_page_has_plot_evidence_and_repro(rendered: Path) -> None:
     page = (rendered.parent / "cells" / "bookworm-2B-buckets65535_reuse0-t1.html").read_text()
-    assert "<svg" in page and "<?xml" not in page
+    plot = plot_data(page)
+    assert [s["label"] for s in plot["series"]] == ["connections/s", "TIME-WAIT"]
+    assert plot["axes"] == ["connections/s", "TIME-WAIT"] and plot["xlabel"] == "seconds"
+    assert len(plot["x"]) == len(plot["series"][0]["values"]) == len(plot["series"][1]["values"])
     assert "<h2>Connections per second and TIME-WAIT<span" in page
-    assert "connections/s" in page and "TIME-WAIT sockets" in page
+    assert '<script src="../assets/uPlot.iife.min.js"></script>' in page
     assert "__inet_hash_connect" in page and "TcpExtTW" in page
     assert "kmatrix run --kernel bookworm --scenario 2B" in page
+
+
+def plot_data(page: str) -> dict:
+    """The plot a page embeds for the browser to draw, as the browser will parse it."""
+    found = re.search(
+        r'<script type="application/json" class="plot-data"[^>]*>([^<]*)</script>', page
+    )
+    assert found, "no plot data in the page"
+    return json.loads(found.group(1))
+
+
+def test_the_plot_assets_are_copied_into_the_report(rendered: Path) -> None:
+    assets = rendered.parent / "assets"
+    assert sorted(p.name for p in assets.iterdir()) == [
+        "plot.js",
+        "uPlot.LICENSE",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+    ]
+    assert (
+        (assets / "uPlot.iife.min.js")
+        .read_text()
+        .startswith("/*! https://github.com/leeoniya/uPlot (v1.6.31) */")
+    )
+    html = rendered.read_text()
+    assert '<link rel="stylesheet" href="assets/uPlot.min.css">' in html
+    assert "https://" not in html.split("<body>", 1)[1].replace("https://github.com", "")
+
+
+def test_the_matrix_page_plots_each_scenario_across_kernels(rendered: Path) -> None:
+    html = rendered.read_text()
+    plots = re.findall(
+        r'<script type="application/json" class="plot-data" '
+        r'data-for="(kplot-\d+)">([^<]*)</script>',
+        html,
+    )
+    specs = {k: json.loads(v) for k, v in plots}
+    ratio = specs["kplot-2"]
+    assert ratio["categories"] == ["bullseye", "bookworm", "custom", "backports", "host", "sid"]
+    assert ratio["axes"] == ["late / early rate"] and ratio["hlines"][0]["y"] == 0.2
+    lines = {s["label"]: s["values"] for s in ratio["series"]}
+    assert set(lines) == {"buckets=2000 reuse=0", "buckets=65535 reuse=0"}
+    assert lines["buckets=65535 reuse=0"][-1] is None
+    pair = specs["kplot-3"]
+    assert pair["axes"] == ["1B / 1A"] and pair["hlines"][0]["label"] == "expected 2/3"
+    assert [round(v, 3) for v in pair["series"][0]["values"][:5]] == [0.664] * 5
 
 
 def test_cell_page_key_metrics_come_from_the_manifest_and_the_rule(rendered: Path) -> None:
@@ -197,6 +265,17 @@ def test_clean_strips_terminal_escapes_and_control_characters() -> None:
     assert report.clean(3) == 3
 
 
+def test_clean_skips_only_strings_the_scrub_would_leave_alone() -> None:
+    """The fast path (a printable string is returned as it is) must never skip a
+    character the scrub removes."""
+    from matrix.collect import sanitize
+
+    stripped = [chr(c) for c in range(0x3000) if sanitize.clean(f"a{chr(c)}b") != f"a{chr(c)}b"]
+    assert "\x1b" in stripped and "\u202e" in stripped and "\u200b" in stripped
+    assert not any(f"a{ch}b".isprintable() for ch in stripped)
+    assert all(report.clean(f"a{ch}b") == sanitize.clean(f"a{ch}b") for ch in stripped)
+
+
 def test_natural_sort_of_releases() -> None:
     releases = ["6.12.48+deb12-amd64", "5.10.0-35-amd64", "6.1.0-40-amd64", "6.9.0"]
     assert sorted(releases, key=report.natural_key) == [
@@ -231,7 +310,7 @@ def test_many_cells_render_through_the_worker_pool(tmp_path: Path) -> None:
     assert len(table) >= 64
     index = report.render_report(replace(run, table=table, details=details), tmp_path)
     assert len(list((tmp_path / "cells").glob("*.html"))) == len(table)
-    assert "<svg" in (tmp_path / "cells" / f"{copies[0]['cell_id'].iloc[0]}.html").read_text()
+    assert plot_data((tmp_path / "cells" / f"{copies[0]['cell_id'].iloc[0]}.html").read_text())
     assert index.is_file()
 
 
@@ -263,20 +342,45 @@ def test_a_field_that_is_no_counter_is_plotted_as_its_value() -> None:
     assert traces(series, "other", rate=True, label="x/s") == [tw]
 
 
-def test_a_reused_plotter_rescales_to_each_cell() -> None:
-    from matrix.report.plots import SeriesPlotter, traces
+def test_a_cell_plot_is_data_on_one_time_axis_with_the_stall() -> None:
+    from matrix.report.plots import time_plot, traces
 
-    def series(rate: int, n: int = 10) -> list[dict]:
-        return [{"t": i * 0.5, "iterations": rate * i // 2, "tw": rate * i // 2} for i in range(n)]
+    series = [{"t": i * 0.5, "iterations": 100 * i, "tw": 100 * i} for i in range(5)]
+    plot = time_plot(traces(series, "iterations", rate=True, label="conns/s"), stall_t=1.5)
+    assert plot["x"] == [0.0, 0.5, 1.0, 1.5, 2.0]
+    rate, tw = plot["series"]
+    assert rate["values"] == [None, 200.0, 200.0, 200.0, 200.0] and rate["axis"] == 0
+    assert tw["values"] == [0.0, 100.0, 200.0, 300.0, 400.0] and tw["axis"] == 1
+    assert plot["vlines"] == [{"x": 1.5, "colour": "#dc2626", "label": "stall"}]
+    assert time_plot([]) is None
+    one = time_plot(traces([{"t": 0, "v": 1.5}, {"t": 1, "v": 0.5}], "v", False, "ms"))
+    assert [s["label"] for s in one["series"]] == ["ms"] and one["vlines"] == []
 
-    plotter = SeriesPlotter()
-    plotter.svg(traces(series(100), "iterations", rate=True, label="conns/s"))
-    svg = plotter.svg(traces(series(30000, n=40), "iterations", rate=True, label="conns/s"))
-    rate_ax, tw_ax = plotter.figure(2).axes
-    assert rate_ax.get_ylim()[1] >= 30000
-    assert tw_ax.get_ylim()[1] >= 30000 * 39 // 2
-    assert tw_ax.get_xlim()[1] >= 19.5
-    assert "conns/s" in svg and "TIME-WAIT" in svg
-    one = plotter.svg(traces([{"t": 0, "v": 1.5}, {"t": 1, "v": 0.5}], "v", False, "ms"))
-    assert one.startswith("<svg") and "TIME-WAIT" not in one and len(plotter.figure(1).axes) == 1
-    assert plotter.svg([]) == ""
+
+def test_plot_json_cannot_end_its_script_element() -> None:
+    from matrix.report.plots import category_plot, plot_json
+
+    plot = category_plot(["6.1</script><b>", "a&b"], [("x\x1b[31m", [1.0, None])], "y")
+    text = str(plot_json(plot))
+    assert "<" not in text and ">" not in text and "&" not in text
+    back = json.loads(text)
+    assert back["categories"] == ["6.1</script><b>", "a&b"]
+    assert back["series"][0]["label"] == "x" and back["series"][0]["values"] == [1.0, None]
+    assert category_plot(["6.1"], [("x", [None])], "y") is None
+
+
+def test_column_heads_show_only_what_varies_and_name_it_once() -> None:
+    def row(label: str, **params: str) -> dict:
+        return {"sysctl_label": label, "params": params, "sysctls": {"net.ipv4.x": "1"}}
+
+    heads = report.column_heads(
+        [row("ports=1-2 buckets=2000 reuse=0"), row("ports=1-2 buckets=65535 reuse=0")]
+    )
+    assert [h["text"] for h in heads["heads"]] == ["2000", "65535"]
+    assert heads["axis"] == "buckets" and heads["common"] == "ports=1-2 reuse=0"
+    assert heads["heads"][0]["title"].startswith("ports=1-2 buckets=2000 reuse=0 (net.ipv4.x=1")
+    mixed = report.column_heads([row("buckets=1"), row("reuse=0", size="64")])
+    assert [h["text"] for h in mixed["heads"]] == ["buckets=1", "reuse=0 · size=64"]
+    assert mixed["axis"] == "" and mixed["common"] == ""
+    alone = report.column_heads([row("", size="64")])
+    assert [h["text"] for h in alone["heads"]] == ["64"] and alone["axis"] == "size"

@@ -55,7 +55,8 @@ def test_the_recorded_run_renders(run: results.RunData, tmp_path: Path) -> None:
     assert run.manifest["host_kernel"] in html
     bad = verdict(run, "2B", "200")
     page = (index.parent / "cells" / f"{bad['cell_id']}.html").read_text()
-    assert "<svg" in page and "net.ipv4.ip_local_port_range" in page
+    assert 'class="plot-data" data-for="series-plot"' in page
+    assert "net.ipv4.ip_local_port_range" in page
 
 
 def kv(page: str, heading: str) -> dict[str, str]:
@@ -76,17 +77,20 @@ def test_the_recorded_run_shows_the_figures_it_always_showed(
         "28,170/s → 26,594/s",
         "EADDRNOTAVAIL @ 1,000",
     ]
+    heads = re.findall(r'<th class="mono sortable[^>]*title="([^"(]*)[^>]*>([^<]*)</th>', html)
     assert (
-        re.findall(r'<th class="mono sortable[^>]*>([^<]*)</th>', html)
+        heads
         == [
-            "ports=40000-40999 buckets=200 reuse=0",
-            "ports=40000-40999 buckets=65535 reuse=0",
+            ("ports=40000-40999 buckets=200 reuse=0 ", "200"),
+            ("ports=40000-40999 buckets=65535 reuse=0 ", "65535"),
         ]
         * 2
     )
+    assert html.count('In every column: <span class="mono">ports=40000-40999 reuse=0</span>') == 2
     pair = html.split('class="pairs"', 1)[1].split("</table>", 1)[0]
-    cells = re.findall(r'<td class="num">(?:<a [^>]*>|<b>)?([^<]*)', pair)
+    cells = re.findall(r'<td class="num[^"]*">(?:<a [^>]*>|<b>)?([^<]*)', pair)
     assert cells == ["3,973,120", "2,637,824", "0.664", "243 / 161", "4,194,304 / 4,194,304"]
+    assert re.findall(r'<td class="num pv (\w+)">', pair) == ["success", "success"]
     assert "1B&#39;s bytes queued was 0.664 of 1A&#39;s on host (e.g. 3,973,120 B vs" in html
     bad = verdict(run, "2B", "65535")
     page = (index.parent / "cells" / f"{bad['cell_id']}.html").read_text()
@@ -105,9 +109,24 @@ def test_the_recorded_run_shows_the_figures_it_always_showed(
     one = (index.parent / "cells" / f"{verdict(run, '1A')['cell_id']}.html").read_text()
     assert kv(one, "Key metrics")["bytes queued"] == "3.97 MB (3,973,120 B)"
     assert kv(one, "Key metrics")["SO_SNDBUF after"] == "4,194,304"
-    assert "<svg" not in one
+    assert "plot-data" not in one and "uPlot" not in one
 
 
 def test_the_recorded_run_exports_junit(run: results.RunData) -> None:
     xml = exports.junit_xml(run.table.to_dict(orient="records"), run.run_dir.name)
     assert xml.count("<testcase") == 6 and xml.count("<failure") == 1
+
+
+def test_a_cell_stopped_short_shows_what_it_measured(tmp_path: Path) -> None:
+    """The default sweep's shape made of the recorded cells, one 2B cell stopped by its
+    window before the knee: the matrix says inconclusive, with its count and why."""
+    from tests.fixtures.recorded_runs import sweep_run
+
+    run = sweep_run(tmp_path / "run", inconclusive=[("7.3-rc", "2B", "2000", "1")])
+    html = report.render_report(results.load_run(run), tmp_path / "report").read_text()
+    row = html.split('data-k="7.3-rc', 2)[2].split("</tr>", 1)[0]
+    assert '<span class="label">inconclusive ' in row
+    assert '<span class="fig">11,103 conns, stopped short of the knee</span>' in row
+    assert 'title="infra: inconclusive: 11,103 connections in 1.1 s, stopped by the window_s' in row
+    assert "no result<" not in html
+    assert "Not counted: buckets=2000 reuse=1 (infra: 11,103 conns, stopped short" in html

@@ -203,10 +203,11 @@ def test_a_scenario_without_a_section_gets_its_own_grid(rendered: Path) -> None:
     assert order == ["lava-echo", "ring-irq ring-poll"]
     grid = section(html, "lava-echo")
     assert "<h2>lava-echo: echo round trips over a veth pair</h2>" in grid
-    assert re.findall(r'<th class="mono sortable[^>]*>([^<]*)</th>', grid) == [
-        "size=64",
-        "size=1500",
+    assert re.findall(r'<th class="mono sortable[^>]*title="([^"(]*)[^>]*>([^<]*)</th>', grid) == [
+        ("size=64 ", "64"),
+        ("size=1500 ", "1500"),
     ]
+    assert '<th class="keys" title="size">size</th>' in grid
     row = grid.split('data-k="6.1 6.1.0-40-amd64"', 1)[1].split("</tr>", 1)[0]
     assert '<a class="v success"' in row and '<a class="v fail"' in row
     assert re.findall(r'<span class="fig">([^<]*)</span>', row) == ["0.850 ms", "1.200 ms"]
@@ -264,13 +265,16 @@ def test_a_cell_page_shows_key_figure_test_cases_program_and_plot(rendered: Path
     program = page.split("<h2>Program</h2>", 1)[1].split("</table>", 1)[0]
     assert '<tr><th>outcome</th><td class="num">fail</td></tr>' in program
     assert '<tr><th>exit status</th><td class="num">1</td></tr>' in program
-    assert "<h2>Inflight<span" in page and "<svg" in page
+    assert "<h2>Inflight<span" in page
+    data = page.split('class="plot-data" data-for="series-plot">', 1)[1].split("</script>", 1)[0]
+    plot = json.loads(data)
+    assert plot["series"][0]["values"] == [0.0, 3.0, 5.0, 2.0] and plot["axes"] == ["inflight"]
     assert "TIME-WAIT" not in page and "per second" not in page
 
 
 def test_a_scenario_without_a_plot_or_test_cases_shows_neither(rendered: Path) -> None:
     page = (rendered.parent / "cells" / report.page_name("6.1-ring-irq-defaults")).read_text()
-    assert "<svg" not in page and "Test cases" not in page and "<h2>Program</h2>" not in page
+    assert "plot-data" not in page and "Test cases" not in page and "<h2>Program</h2>" not in page
     assert '<tr><th>operations</th><td class="num">20,000</td></tr>' in page
     assert '<tr><th>ring depth</th><td class="num">128</td></tr>' in page
 

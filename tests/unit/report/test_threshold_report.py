@@ -37,4 +37,8 @@ def test_kernel_context_sides_and_prediction() -> None:
     k = kernel_context("net.ipv4.tcp_max_tw_buckets", "host", doc, rows, 0.2)
     assert k["predicted"][0] == 4096 and k["inside"] is True
     assert k["below"]["late"] == 24000 and k["above"]["ratio"] == 0.075
-    assert str(k["plot"]).startswith("<svg")
+    plot = k["plot"]
+    assert plot["x"] == [4000.0, 4100.0] and plot["scatter"] and plot["points"]
+    assert [s["values"] for s in plot["series"]] == [[0.96, None], [None, 0.075]]
+    assert plot["bands"] == [{"from": 4000, "to": 4100, "colour": "#fde68a"}]
+    assert plot["vlines"][0]["x"] == 4096 and plot["hlines"][0]["y"] == 0.2
