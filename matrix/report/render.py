@@ -164,6 +164,7 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "key_figure": trials[0]["key_figure"],
         "reason": trials[0]["reason"],
         "href": "cells/" + page_name(trials[0]["cell_id"]),
+        "health": kernel_mark(trials),
         "trials": [
             {
                 "trial": r["trial"],
@@ -175,6 +176,19 @@ def fold(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             for r in trials
         ],
     }
+
+
+def kernel_mark(trials: list[Mapping[str, Any]]) -> dict[str, str] | None:
+    """What the kernel logged or tainted during a cell's trials, for a mark in the matrix:
+    a green cell on a kernel that warned is not the same as a clean one."""
+    kinds = sorted({str(r.get("kernel_health")) for r in trials if r.get("kernel_health")})
+    taint = sorted(
+        {str(r.get("kernel_tainted_by_cell")) for r in trials if r.get("kernel_tainted_by_cell")}
+    )
+    if not kinds and not taint:
+        return None
+    text = ", ".join(kinds + [f"tainted {t}" for t in taint])
+    return {"text": "⚠" if kinds else "T", "title": f"the kernel logged or tainted: {text}"}
 
 
 def _inconclusive(row: Mapping[str, Any]) -> bool:
@@ -744,11 +758,31 @@ def cell_context(
             (name, evidence.get(name)) for name in ("stall", "final") if evidence.get(name)
         ],
         "error": detail.get("error"),
+        "kernel_log": kernel_log(detail),
         "log_tail": detail.get("log_tail") or "",
         "console_tail": row.get("console_tail") or (kernel or {}).get("console_tail") or "",
         "plot": plot if drawn else None,
         "plot_json": plot_json(drawn) if drawn else "",
         "assets": f"../{ASSETS}/",
+    }
+
+
+def kernel_log(detail: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The kernel's own health during the cell: its taint flags before and after, what
+    the cell newly tainted, and the log lines reporting trouble (vetted at intake)."""
+    k = detail.get("kernel")
+    if not isinstance(k, dict):
+        return None
+    events = [e for e in k.get("events") or [] if isinstance(e, dict)]
+    return {
+        "taint_before": " ".join(k.get("taint_flags_before") or []) or "none",
+        "taint_after": " ".join(k.get("taint_flags_after") or []) or "none",
+        "tainted_by_cell": " ".join(k.get("tainted_by_cell") or []),
+        "events": [
+            (str(e.get("kind")), str(e.get("origin") or ""), str(e.get("line"))) for e in events
+        ],
+        "log": "\n".join(str(x) for x in k.get("log") or []),
+        "shared": bool(k.get("shared")),
     }
 
 
