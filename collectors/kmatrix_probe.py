@@ -222,6 +222,65 @@ def exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
+EXIT_PATH = ("do_exit", "do_group_exit", "exit_mmap", "get_signal")
+"""Frames of a process on its way out: its stack then says how it dies, not what it did."""
+PROFILE_TOP = 20
+
+
+def frames(stack: str) -> list:
+    """Function names of a /proc/PID/stack text, leaf first ("[<0>] fn+0x1/0x2" -> fn)."""
+    if stack.startswith("error:"):
+        return []
+    out = []
+    for line in stack.splitlines():
+        word = line.split("]", 1)[-1].strip().split("+", 1)[0].strip()
+        if word:
+            out.append(word)
+    return out
+
+
+def exiting(stack: str) -> bool:
+    return any(f in EXIT_PATH for f in frames(stack))
+
+
+class StackProfile:
+    """Kernel stacks sampled while the loop runs, counted per phase: how often each
+    function was the innermost frame (leaf) or anywhere on the stack (inclusive). On a
+    one-vCPU guest the sampler runs only while the loop is preempted, so this is where
+    the loop was when the timer took the CPU: a sampling profile of its kernel time."""
+
+    def __init__(self) -> None:
+        self.phases: dict = {}
+
+    def add(self, phase: str, stack: str, state: str | None) -> None:
+        p = self.phases.setdefault(phase, {"samples": 0, "empty": 0, "leaf": {}, "inclusive": {}})
+        p["samples"] += 1
+        names = frames(stack)
+        if not names:
+            p["empty"] += 1
+            return
+        p["leaf"][names[0]] = p["leaf"].get(names[0], 0) + 1
+        for name in set(names):
+            p["inclusive"][name] = p["inclusive"].get(name, 0) + 1
+
+    def summary(self) -> dict:
+        """Per phase: samples, those with no readable stack, and the top functions."""
+
+        def top(counts: dict) -> dict:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:PROFILE_TOP]
+            return dict(ranked)
+
+        return {
+            phase: {
+                "samples": p["samples"],
+                "empty": p["empty"],
+                "leaf": top(p["leaf"]),
+                "inclusive": top(p["inclusive"]),
+            }
+            for phase, p in self.phases.items()
+        }
+
+
 class Watch:
     """The monitor's view of one loop child: its samples and when it last made progress.
 
@@ -237,6 +296,7 @@ class Watch:
         self.progress_at = self.t0
         self.last_live: dict[str, Any] | None = None
         self.stall: dict[str, Any] | None = None
+        self.profile = StackProfile()
 
     def _count(self) -> int:
         """The shared counter, which only grows: a smaller reading is impossible, so it
@@ -253,6 +313,10 @@ class Watch:
 
     def observed(self, point: dict[str, Any]) -> None:
         """Called with each new sample, after progress is noted."""
+
+    def phase(self) -> str:
+        """Which part of the run a stack sample belongs to (a subclass splits it)."""
+        return "run"
 
     def check(self, now: float) -> str | None:
         """A reason to end the watch now (the child is then killed), or None."""
@@ -273,7 +337,10 @@ class Watch:
             self.seen, self.progress_at = count, now
         self.observed(point)
         if state not in (None, "Z", "X"):
-            self.last_live = evidence(self.pid)
+            seen = evidence(self.pid)
+            if not exiting(seen["stack"]):
+                self.last_live = seen
+                self.profile.add(self.phase(), seen["stack"], state)
         return point
 
     def rate_over(self, span_s: float) -> float | None:
@@ -331,6 +398,7 @@ def monitor(watch: Watch, window_s: float, sample_s: float) -> dict[str, Any]:
         "series": watch.series,
         "stall": watch.stall,
         "final": watch.last_live,
+        "stack_profile": watch.profile.summary(),
         "counter_regressions": watch.regressions,
         "utime_s": round(usage.ru_utime, 3),
         "stime_s": round(usage.ru_stime, 3),

@@ -159,6 +159,12 @@ class Watch(probe.Watch):
         if self.knee_t is None and knee is not None and point["iterations"] >= knee:
             self.knee_t = point["t"]
 
+    def phase(self) -> str:
+        """Stacks before the knee and past it are counted apart: the crawl is past it."""
+        if self.knee_t is None:
+            return "before_knee" if self.goal.knee is not None else "run"
+        return "past_knee"
+
     def reached_goal(self) -> bool:
         """Past the knee by both margins: the cell has shown what it must."""
         goal = self.goal
@@ -321,7 +327,11 @@ def run(
     return {
         "metrics": metrics,
         "series": watched["series"],
-        "evidence": {"stall": watched["stall"], "final": final},
+        "evidence": {
+            "stall": watched["stall"],
+            "final": final,
+            "profile": watched["stack_profile"],
+        },
         "error": error,
         "status_detail": detail,
     }

@@ -352,9 +352,16 @@ SAMPLE: dict[str, Check] = {
     "state": STRING,
     "wchan": STRING,
 }
+PROFILE_PHASE: dict[str, Check] = {
+    "samples": COUNT,
+    "empty": COUNT,
+    "leaf": _values(COUNT),
+    "inclusive": _values(COUNT),
+}
 EVIDENCE: dict[str, Check] = {
     "stall": _object({"t": NUMBER, "iterations": COUNT, **_PROC_FIELDS}),
     "final": _object(_PROC_FIELDS),
+    "profile": _values(_object(PROFILE_PHASE, nullable=False)),
 }
 ERROR_FIELDS: dict[str, Check] = {
     "iteration": COUNT,

@@ -757,6 +757,7 @@ def cell_context(
         "evidence": [
             (name, evidence.get(name)) for name in ("stall", "final") if evidence.get(name)
         ],
+        "profile": stack_profile(evidence.get("profile")),
         "error": detail.get("error"),
         "kernel_log": kernel_log(detail),
         "log_tail": detail.get("log_tail") or "",
@@ -765,6 +766,40 @@ def cell_context(
         "plot_json": plot_json(drawn) if drawn else "",
         "assets": f"../{ASSETS}/",
     }
+
+
+PHASE_TITLES = {
+    "past_knee": "past the knee",
+    "before_knee": "before the knee",
+    "run": "over the whole run",
+}
+
+
+def stack_profile(profile: Any) -> list[dict[str, Any]]:
+    """Where the measured process spent its kernel time, per phase: each function's share
+    of the stack samples as the innermost frame and anywhere on the stack (sampled by the
+    program while it ran; stacks on the exit path are left out)."""
+    if not isinstance(profile, dict):
+        return []
+    out = []
+    for phase in sorted(
+        profile, key=lambda p: list(PHASE_TITLES).index(p) if p in PHASE_TITLES else 9
+    ):
+        p = profile[phase]
+        if not isinstance(p, dict) or not p.get("samples"):
+            continue
+        n = int(p["samples"])
+        leaf, incl = p.get("leaf") or {}, p.get("inclusive") or {}
+        names = sorted(set(leaf) | set(incl), key=lambda f: (-incl.get(f, 0), -leaf.get(f, 0), f))
+        out.append(
+            {
+                "title": PHASE_TITLES.get(phase, phase),
+                "samples": n,
+                "empty": int(p.get("empty") or 0),
+                "rows": [(f, leaf.get(f, 0) / n, incl.get(f, 0) / n) for f in names[:12]],
+            }
+        )
+    return out
 
 
 def kernel_log(detail: Mapping[str, Any]) -> dict[str, Any] | None:

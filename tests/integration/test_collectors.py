@@ -114,6 +114,10 @@ def test_2a_keeps_its_rate_when_ports_are_few(puzzle2_runs: dict) -> None:
     assert late >= 0.5 * early, (early, late)
     assert m["latency_us"]["count"] == m["iterations"]
     assert doc["evidence"]["final"]["state"] == m["final_state"]
+    assert "do_exit" not in doc["evidence"]["final"]["stack"]
+    profile = doc["evidence"]["profile"]
+    assert profile["past_knee"]["samples"] > 10, profile
+    assert profile["past_knee"]["inclusive"], profile
 
 
 def test_2b_collapses_or_fails_when_ports_are_few(puzzle2_runs: dict) -> None:

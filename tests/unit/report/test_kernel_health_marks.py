@@ -31,3 +31,19 @@ def test_the_cell_page_lists_the_kernels_lines_and_taint() -> None:
     assert shown["events"] == [("hung_task", "kernel", "INFO: task x blocked")]
     assert shown["log"] == "INFO: task x blocked\nCall Trace:"
     assert render.kernel_log({}) is None
+
+
+def test_the_cell_page_profile_gives_each_functions_share() -> None:
+    profile = {
+        "past_knee": {
+            "samples": 16,
+            "empty": 2,
+            "leaf": {"__inet_hash_connect": 13, "__dentry_kill": 1},
+            "inclusive": {"__inet_hash_connect": 13, "__sys_connect": 13, "__fput": 1},
+        },
+        "before_knee": {"samples": 2, "empty": 0, "leaf": {"x": 2}, "inclusive": {"x": 2}},
+    }
+    (past, before) = render.stack_profile(profile)
+    assert past["title"] == "past the knee" and before["title"] == "before the knee"
+    assert past["rows"][0] == ("__inet_hash_connect", 13 / 16, 13 / 16)
+    assert render.stack_profile(None) == []
