@@ -343,6 +343,12 @@ class Watch:
                 self.profile.add(self.phase(), seen["stack"], state)
         return point
 
+    def remember(self) -> None:
+        """Take evidence now, as the last of the live process's unless it is exiting."""
+        seen = evidence(self.pid)
+        if not exiting(seen["stack"]):
+            self.last_live = seen
+
     def rate_over(self, span_s: float) -> float | None:
         """Counts/s over the last `span_s` of samples, None before that much time."""
         last, key = self.series[-1], self.counter
@@ -380,7 +386,7 @@ def watch_until(watch: Watch, window_s: float, sample_s: float) -> str | None:
             if reason:
                 return reason
             if now - watch.t0 >= window_s + WINDOW_GRACE_S:
-                watch.last_live = evidence(watch.pid)
+                watch.remember()
                 return "window"
         time.sleep(max(0.0, min(0.05, next_tick - now)))
 

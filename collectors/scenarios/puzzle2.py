@@ -188,7 +188,7 @@ class Watch(probe.Watch):
         slow = self.rate_over(self.collapse_s)
         if slow is None or slow <= 0 or slow >= COLLAPSE_RATIO * before:
             return False
-        self.last_live = probe.evidence(self.pid)
+        self.remember()
         return True
 
     def check(self, now: float) -> str | None:
@@ -200,7 +200,7 @@ class Watch(probe.Watch):
             self.shared.request_stop()
             self.asked_at = now
         if self.asked_at is not None and now - self.asked_at >= TARGET_GRACE_S:
-            self.last_live = probe.evidence(self.pid)
+            self.remember()
             return "target"
         return None
 
