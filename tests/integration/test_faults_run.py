@@ -209,7 +209,11 @@ def test_kill_9_of_kmatrix_ends_its_agents(tmp_path: Path) -> None:
     agent = agent_script(tmp_path, "sleeper", SLEEPER_AGENT)
     proc = harness(cfg, "run", "--out", str(run_dir), "--no-report", AGENT=str(agent))
     try:
-        wait_until(lambda: len(procs.find_by_marker(str(run_dir))) >= 2, 60, proc)
+        wait_until(
+            lambda: len(procs.find_by_marker(str(run_dir))) >= 2 and guardians_of(proc.pid),
+            60,
+            proc,
+        )
         (guardian,) = guardians_of(proc.pid)
         os.kill(guardian, signal.SIGINT)
         time.sleep(0.5)
