@@ -178,6 +178,22 @@ def param(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
+def count_param(name: str, default: int, maximum: int | None = None) -> int:
+    """A parameter that is a positive count (a duration, workers, streams); ValueError
+    naming the parameter and what is expected otherwise."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f" and at most {maximum}" if maximum is not None else ""
+        raise ValueError(f"{name}={raw!r}; expected an integer >= 1{bound}")
+    return value
+
+
 def log(message: str) -> None:
     """One line on stderr, seconds since the program started first; the agent keeps the
     tail of stderr in the cell's log_tail."""

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from matrix.errors import ConfigError
-from matrix.model import DebianSource, HostSource, KernelSpec, Limits, PathSource, Sweep
+from matrix.model import (
+    LIMIT_NAMES,
+    DebianSource,
+    HostSource,
+    KernelSpec,
+    Limits,
+    PathSource,
+    Sweep,
+)
 from matrix.plan.hosts import HostSpec, from_table
 from matrix.scenarios.catalogue import Catalogue, builtin, load_catalogue
 from matrix.scenarios.manifest import sysctl_key
@@ -213,15 +221,9 @@ _SWEEP_KEYS = {
     "fixed",
     "trials",
     "swept_scenarios",
-    "window_s",
-    "iteration_cap",
-    "stall_s",
-    "sample_s",
-    "collapse_s",
-    "knee_margin",
-    "knee_margin_s",
     "params",
     "baseline",
+    *LIMIT_NAMES,
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from matrix import tomlcheck as tc
 from matrix.errors import ConfigError
+from matrix.model import LIMIT_NAMES
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """A scenario's name: its directory's name, a column of the matrix, part of file names."""
@@ -27,15 +28,7 @@ SYSCTL = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_-]+)+$")
 RESULTS = ("json", "lava", "ktap", "exit")
 """How a program reports: a result.json, LAVA signal lines, KTAP/TAP lines, or only its
 exit code (kselftest's: 0 pass, 1 fail, 4 skip, anything else an error)."""
-LIMITS = (
-    "window_s",
-    "iteration_cap",
-    "stall_s",
-    "sample_s",
-    "collapse_s",
-    "knee_margin",
-    "knee_margin_s",
-)
+LIMITS = LIMIT_NAMES
 """The sweep's limits a program may honour (passed as KMATRIX_<NAME> upper-cased)."""
 BETTER = ("higher", "lower")
 VERDICT_NAMES = ("success", "slowdown", "hang", "error", "fail", "skip", "infra")

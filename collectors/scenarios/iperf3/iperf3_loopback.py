@@ -38,6 +38,12 @@ import tempfile
 import time
 from typing import IO, Any
 
+try:
+    import kmatrix_probe as probe
+except ImportError:  # run by hand: the library sits in collectors/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import kmatrix_probe as probe
+
 IPERF3 = "iperf3"
 HOST = "127.0.0.1"
 MAX_STREAMS = 128  # iperf3's own limit for -P
@@ -59,18 +65,11 @@ class Failure(Exception):
 
 
 def param(name: str, default: int, maximum: int | None = None) -> int:
-    """A positive integer parameter from the environment (kmatrix sets one per param)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+    """A positive integer parameter (kmatrix sets one per param), or a Failure."""
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1 or (maximum is not None and value > maximum):
-        bound = f" and at most {maximum}" if maximum is not None else ""
-        raise Failure("params", "bad_param", f"{name}={raw!r}; expected an integer >= 1{bound}")
-    return value
+        return probe.count_param(name, default, maximum)
+    except ValueError as e:
+        raise Failure("params", "bad_param", str(e)) from None
 
 
 def read_text(path: str) -> str | None:
@@ -300,21 +299,6 @@ def skipped(why: str) -> dict[str, Any]:
     }
 
 
-def emit(doc: dict[str, Any], out_dir: str | None) -> None:
-    """result.json in the cell's result directory (atomically), or stdout by hand."""
-    if not out_dir:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
-    path = os.path.join(out_dir, "result.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def private_scratch(fallback: str | None) -> str | None:
     """A fresh directory of our own under the temp directory (a tmpfs in a VM)."""
     try:
@@ -331,7 +315,7 @@ def main() -> int:
         if shutil.which(IPERF3) is None:
             why = "iperf3 is not installed (Debian: apt-get install iperf3); nothing measured"
             print(f"iperf3_loopback: {why}", file=sys.stderr)
-            emit(skipped(why), out_dir)
+            probe.write_result(skipped(why))
             return 4
         scratch = private_scratch(out_dir)
         try:
@@ -341,11 +325,11 @@ def main() -> int:
                 shutil.rmtree(scratch, ignore_errors=True)
     except Failure as f:
         print(f"iperf3_loopback: {f.phase}: {f.message}", file=sys.stderr)
-        emit(failed(f), out_dir)
+        probe.write_result(failed(f))
         return 2
     doc["error"] = None
     print(f"iperf3_loopback: {doc['status_detail']}", file=sys.stderr)
-    emit(doc, out_dir)
+    probe.write_result(doc)
     return 0
 
 

@@ -35,6 +35,12 @@ import sys
 import tempfile
 from typing import Any
 
+try:
+    import kmatrix_probe as probe
+except ImportError:  # run by hand: the library sits in collectors/
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import kmatrix_probe as probe
+
 STRESS_NG = "stress-ng"
 STRESSOR = "sock"
 SLACK_S = 30.0  # stress-ng's start-up and the reaping of its workers, on a slow guest
@@ -73,18 +79,12 @@ class Failure(Exception):
         self.message = message
 
 
-def param(name: str, default: int) -> int:
-    """A positive integer parameter from the environment (kmatrix sets one per param)."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+def param(name: str, default: int, maximum: int | None = None) -> int:
+    """A positive integer parameter (kmatrix sets one per param), or a Failure."""
     try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise Failure("params", "bad_param", f"{name}={raw!r}; expected an integer >= 1")
-    return value
+        return probe.count_param(name, default, maximum)
+    except ValueError as e:
+        raise Failure("params", "bad_param", str(e)) from None
 
 
 _INT = re.compile(r"[-+]?[0-9]+")
@@ -269,21 +269,6 @@ def skipped(why: str) -> dict[str, Any]:
     }
 
 
-def emit(doc: dict[str, Any], out_dir: str | None) -> None:
-    """result.json in the cell's result directory (atomically), or stdout by hand."""
-    if not out_dir:
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return
-    path = os.path.join(out_dir, "result.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main() -> int:
     out_dir = os.environ.get("KMATRIX_RESULT_DIR") or None
     try:
@@ -292,7 +277,7 @@ def main() -> int:
         if shutil.which(STRESS_NG) is None:
             why = "stress-ng is not installed (Debian: apt-get install stress-ng); nothing measured"
             print(f"stress_ng_sock: {why}", file=sys.stderr)
-            emit(skipped(why), out_dir)
+            probe.write_result(skipped(why))
             return 4
         if out_dir:
             doc = measure(duration, workers, out_dir)
@@ -301,11 +286,11 @@ def main() -> int:
                 doc = measure(duration, workers, scratch)
     except Failure as f:
         print(f"stress_ng_sock: {f.phase}: {f.message}", file=sys.stderr)
-        emit(failed(f), out_dir)
+        probe.write_result(failed(f))
         return 2
     doc.setdefault("error", None)
     print(f"stress_ng_sock: {doc['status_detail']}", file=sys.stderr)
-    emit(doc, out_dir)
+    probe.write_result(doc)
     return 2 if doc["error"] else 0
 
 
