@@ -25,6 +25,7 @@ from typing import Any
 
 from matrix import __version__
 from matrix.cli import search as search_cli
+from matrix.cli.options import scenario_dir_option
 from matrix.errors import ConfigError, KmatrixError
 from matrix.model import Batch
 from matrix.plan import cells as plan
@@ -247,17 +248,6 @@ def _history_parsers(sub: Any) -> None:
     m.add_argument("--no-report", action="store_true")
     change_options(m, "the previous comparable run")
     m.set_defaults(func=cmd_merge)
-
-
-def scenario_dir_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--scenario-dir",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="DIR",
-        help="a directory of scenarios (NAME/scenario.toml) besides the built-in ones; repeatable",
-    )
 
 
 def cmd_scenarios(args: argparse.Namespace, argv: list[str]) -> int:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from matrix.cli.options import scenario_dir_option
 from matrix.errors import CatalogError, ConfigError
 from matrix.kernels.catalog import Catalog
 from matrix.model import Batch, Limits
@@ -57,14 +58,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         default="2B",
         help="the scenario probed (default 2B; see `kmatrix scenarios`)",
     )
-    p.add_argument(
-        "--scenario-dir",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="DIR",
-        help="a directory of scenarios besides the built-in ones; repeatable",
-    )
+    scenario_dir_option(p)
     p.add_argument("--trials", type=int, default=1, help="per probe; the majority decides")
     p.add_argument(
         "--window",
