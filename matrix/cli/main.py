@@ -32,7 +32,7 @@ from matrix.plan import cells as plan
 from matrix.plan import config, hosts, shard
 from matrix.results import history
 from matrix.results import table as results
-from matrix.run import factory, job, rundir
+from matrix.run import factory, job, rundir, warm
 from matrix.run.progress import Display
 
 
@@ -386,6 +386,7 @@ def _run_claimed(
         display.note(f"{run_dir}: nothing to run here (a shard beyond the plan's cells)")
         return 0
     remotes = remote_machines(cfg, run_dir, batches)
+    warm.start(report=not args.no_report)
     display.start(
         run_dir, batches, failures, {k for k, _ in cfg.sweep.fixed}, job.run_scenarios(run_dir)
     )

@@ -104,10 +104,25 @@ def template_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "templates"
 
 
+def bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept between runs: compiling the templates is ~0.35 s of every
+    report, rendering a short run's pages less. Keyed by each template's source, so an
+    edited template is compiled again; None (compile every time) where the directory
+    cannot be made."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = base / "kmatrix" / "templates"
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(directory)) if os.access(directory, os.W_OK) else None
+
+
 def environment(path: Path | None = None) -> jinja2.Environment:
     """A Jinja2 environment that escapes and cleans everything and tolerates no gaps."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(path or template_dir())),
+        bytecode_cache=bytecode_cache(),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
         finalize=clean,

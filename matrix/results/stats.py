@@ -19,10 +19,9 @@ inputs always give the same interval.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 MIN_TRIALS = 3
 """Fewer trials a side than this and nothing is called: with 2, the sets do not overlap
@@ -122,7 +121,10 @@ def bootstrap_ratio(
     a: Sequence[float], b: Sequence[float], level: float
 ) -> tuple[float, float] | None:
     """The percentile interval of median(b*) / median(a*) over resamples of each side;
-    None unless every value of a is positive (a ratio needs a positive base)."""
+    None unless every value of a is positive (a ratio needs a positive base). numpy is
+    imported here: a `kmatrix run` that compares nothing starts without it."""
+    import numpy as np
+
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if not len(xa) or not len(xb) or (xa <= 0).any():
         return None
@@ -138,7 +140,7 @@ def bootstrap_ratio(
 def compare(a: Sequence[float], b: Sequence[float], alpha: float, min_change: float) -> Comparison:
     """Side a against side b: the change of the median, its interval, the U test, and
     whether the change is called (see the module's docstring for the rule)."""
-    med_a, med_b = float(np.median(a)), float(np.median(b))
+    med_a, med_b = float(statistics.median(a)), float(statistics.median(b))
     positive = med_a > 0 and all(x > 0 for x in a)
     change = med_b / med_a - 1 if positive else None
     _, p = mann_whitney(a, b)

@@ -61,10 +61,11 @@ def agent_argv(
     """The agent's command line for a batch prepared in `workdir`; `agent` replaces the
     real one (tests use it to play a guest that crashes, lies or never answers).
     `net_only` for a machine that is kept: the agent then refuses any cell that would
-    write a sysctl outside net.*."""
+    write a sysctl outside net.*. `-S`: the agent is stdlib-only, and skipping `site`
+    (site-packages, .pth files) saves ~0.3 s of a guest's start under TCG."""
     out = workdir / "out"
     script = str(agent or agent_path())
-    argv = [python, script, "--cells", str(workdir / "cells.json"), "--out", str(out)]
+    argv = [python, "-S", script, "--cells", str(workdir / "cells.json"), "--out", str(out)]
     return argv + (["--net-only"] if net_only else [])
 
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matrix.errors import PrerequisiteError
+from matrix.runners.guest_python import SYSTEM_PYTHON
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
 """vng passes QEMU's options through a shell unquoted: only plain user names."""
-SYSTEM_PYTHON = "/usr/bin/python3"
 CHECK_SCRIPT = (
     'while [ "$#" -gt 1 ]; do ok=1;'
     ' case $1 in *r*) test -r "$2" || ok=0;; esac;'

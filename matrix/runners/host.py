@@ -40,7 +40,7 @@ class HostRunner:
     name = "host"
 
     def __init__(
-        self, python: str = sys.executable, poll_s: float = 0.3, agent: Path | None = None
+        self, python: str = sys.executable, poll_s: float = 0.1, agent: Path | None = None
     ) -> None:
         self.python = python
         self.poll_s = poll_s

@@ -59,18 +59,18 @@ from matrix.runners.agent_io import (
     cell_budget_s,
     prepare,
 )
+from matrix.runners.guest_python import guest_python, precompile
 from matrix.runners.guest_user import GuestUser
 from matrix.runners.vng_cmd import (
     ensure_modules_dep,
     find_tool,
-    guest_python,
     is_bzimage,
     stage_kernel,
     vng_argv,
     vng_env,
 )
 
-POLL_S = 0.5
+POLL_S = 0.2
 EXIT_GRACE_S = 20.0
 """After agent.json appears the guest powers off by itself; this long at most."""
 
@@ -96,6 +96,21 @@ ALIVE_WITHIN_S = 20.0
 kernel still runs the agent."""
 FATAL = (("Kernel panic", "kernel panic"), ("KVM: emulation failure", "KVM: emulation failure"))
 TAIL_LINES = 60
+
+
+def program_dirs(cells: Sequence[Cell], agent_dir: Path) -> list[Path]:
+    """The directories whose Python the guest will import or run: the agent's (with the
+    built-in scenarios below it) and each program's own, for `precompile`."""
+    dirs = [agent_dir]
+    for cell in cells:
+        if cell.program is None:
+            continue
+        base = Path(cell.program.directory)
+        for arg in cell.program.command:
+            path = base / arg
+            if arg.endswith(".py") and not Path(arg).is_absolute() and path.is_file():
+                dirs.append(path.resolve().parent)
+    return dirs
 
 
 class ConsoleWatch:
@@ -249,7 +264,7 @@ class VngRunner:
             console.write_text(failure + "\n")
             return self._outcome(collector, "none", console, failure, None, started)
         accel, why = self.choose_accelerator(batch.kernel)
-        argv = self._argv(batch.kernel, workdir, accel)
+        argv = self._argv(batch.kernel, batch.cells, workdir, accel)
         console.write_text(
             f"# kmatrix: accelerator {accel} ({why})\n# kmatrix: {shlex.join(argv)}\n"
         )
@@ -279,12 +294,15 @@ class VngRunner:
         _, out = prepare(batch, workdir)
         return ResultCollector(out, [c.id for c in batch.cells], on_result)
 
-    def _argv(self, kernel: ResolvedKernel, workdir: Path, accel: str) -> list[str]:
+    def _argv(
+        self, kernel: ResolvedKernel, cells: Sequence[Cell], workdir: Path, accel: str
+    ) -> list[str]:
         image = stage_kernel(kernel, workdir / "kernel")
         ensure_modules_dep(kernel, workdir / "kernel")
         python, user = guest_python(), self.guest_user
         if user is not None:
             python = self._hand_over(user, kernel, workdir)
+        precompile(python, program_dirs(cells, Path(self.agent or agent_path()).parent))
         cmd = shlex.join(agent_argv(workdir, python, self.agent))
         argv = vng_argv(
             image=image,

@@ -16,8 +16,6 @@ from matrix.errors import PrerequisiteError
 from matrix.model import ResolvedKernel
 from matrix.run import procs
 
-GUEST_HIDDEN = ("/proc", "/sys", "/dev", "/run")
-
 
 def find_tool(name: str) -> str | None:
     """vng from our own environment first (pyenv shims hide it from PATH), else PATH/sbin."""
@@ -36,17 +34,6 @@ def vng_env(vng: str) -> dict[str, str]:
     dirs += os.environ.get("PATH", os.defpath).split(os.pathsep) + list(procs.SBIN_DIRS)
     path = os.pathsep.join(dict.fromkeys(d for d in dirs if d))
     return dict(os.environ, PATH=path)
-
-
-def guest_python() -> str:
-    """The interpreter the guest runs: ours when the guest can see it, else the system's.
-
-    The guest mounts the host root over 9p, but has its own /proc, /sys, /dev and /run.
-    """
-    exe = Path(sys.executable).resolve()
-    if exe.is_file() and not any(exe.is_relative_to(d) for d in GUEST_HIDDEN):
-        return sys.executable
-    return "/usr/bin/python3"
 
 
 def is_bzimage(path: Path) -> bool:

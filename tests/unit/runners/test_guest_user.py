@@ -11,7 +11,8 @@ import pytest
 from matrix.cli import main as cli
 from matrix.errors import ConfigError, PrerequisiteError
 from matrix.plan import config
-from matrix.runners.guest_user import SYSTEM_PYTHON, GuestUser
+from matrix.runners.guest_python import SYSTEM_PYTHON
+from matrix.runners.guest_user import GuestUser
 
 KERNELS = '[[kernel]]\nname = "host"\nsource = "host"\n'
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="checks run as another user")

@@ -75,6 +75,7 @@ def test_agent_command_names_the_batch_files(tmp_path: Path) -> None:
     argv = agent_argv(Path("/w d"), "/usr/bin/python3")
     assert argv == [
         "/usr/bin/python3",
+        "-S",
         str(agent_path()),
         "--cells",
         "/w d/cells.json",
