@@ -17,6 +17,8 @@ import sys
 import time
 
 PORT = 1234
+PARAM = "connections"
+"""The manifest's parameter, which the agent passes under its own name."""
 
 
 def loop(connections: int) -> tuple[float, list]:
@@ -41,7 +43,7 @@ def loop(connections: int) -> tuple[float, list]:
 
 def main() -> int:
     try:
-        connections = int(os.environ.get("connections", "8000"))
+        connections = int(os.environ.get(PARAM, "8000"))
     except ValueError:
         print("seed_2b: connections must be an integer", file=sys.stderr)
         return 2

@@ -1,0 +1,191 @@
+"""The main command's physical bound: how fast any tool could have measured what a run
+of `kmatrix run` measured, on this machine.
+
+    python benchmarks/bound.py RUN_DIR [--jobs N]
+
+A puzzle-2 cell must make its connections up to the knee (half the port range), then
+stay past it as long as its rules ask (knee_margin connections and knee_margin_s, or
+collapse_s of a crawl): that part is the kernel's behaviour, taken from the cell's own
+series. The connections up to the knee are timed at the seed's bare loop rate on the
+same kernel, in a guest alone (`seed-2B` in benchmarks/scenarios, one boot per kernel,
+which also gives the kernel's boot time). A cell without a series (puzzle 1, a
+workload) counts as long as it took. The VM kernels' boots and cells are spread over
+the slots (at best evenly, never below the longest kernel's share); the host kernel's
+cells run alone on the machine, so they add. The bound leaves out everything else:
+starting Python for each cell, the agent, pulling results back, the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from matrix.model import Batch, Cell, ResolvedKernel  # noqa: E402
+from matrix.plan import cells as plan  # noqa: E402
+from matrix.plan import config  # noqa: E402
+from matrix.run import job  # noqa: E402
+from matrix.runners.host import HostRunner  # noqa: E402
+from matrix.runners.vng import VngRunner  # noqa: E402
+from matrix.scenarios.catalogue import load_catalogue  # noqa: E402
+
+SEED_CONNECTIONS = 8000
+"""Below the knee (half the default port range, ~14,100): the loop at full speed."""
+
+
+@dataclass(frozen=True)
+class KernelBare:
+    """The seed's bare loop on one kernel, in a guest alone (or on the host)."""
+
+    rate: float
+    boot_s: float
+
+
+def seed_cell(kernel: ResolvedKernel, trial: int = 0) -> Cell:
+    """The seed's bare 2B loop as a cell, at the repository's fixed sysctls."""
+    cfg = config.load(REPO / "kernels.toml")
+    seed = load_catalogue([REPO / "benchmarks" / "scenarios"]).get("seed-2B")
+    sysctls = tuple(sorted({"net.ipv4.tcp_tw_reuse": "0", **dict(cfg.sweep.fixed)}.items()))
+    return Cell(
+        kernel.spec.name,
+        seed.name,
+        sysctls,
+        trial,
+        cfg.sweep.limits,
+        kernel.identity,
+        params=(("connections", str(SEED_CONNECTIONS)),),
+        program=plan.program(seed),
+    )
+
+
+def bare_rate(kernel: ResolvedKernel, work: Path) -> KernelBare:
+    """One boot of `kernel` (or the host runner for the running kernel) with one seed cell."""
+    cell = seed_cell(kernel)
+    work.mkdir(parents=True, exist_ok=True)
+    if kernel.spec.kind == "host":
+        runner = HostRunner()
+    else:
+        runner = VngRunner(accel="tcg", cpus=1, memory_mb=2048)
+    outcome = runner.run_batch(Batch(kernel, (cell,)), work, threading.Event(), lambda *_: None)
+    result = outcome.results.get(cell.id)
+    if result is None:
+        raise SystemExit(f"bound: no bare loop result on {kernel.spec.name}: {outcome.failure}")
+    return KernelBare(float(result["metrics"]["rate"]), float(outcome.boot_s or 0.0))
+
+
+def cell_need_s(doc: dict, rate: float) -> float:
+    """What the cell had to take: the connections to its knee at the bare rate, plus
+    what its rules kept it past the knee; without a knee, its connections at the bare
+    rate plus any time without progress (a stall waits stall_s by definition); without
+    a series, as long as it took."""
+    series = doc.get("series") or []
+    metrics = doc.get("metrics") or {}
+    if not series or "iterations" not in series[-1]:
+        return float(doc["ended_at"]) - float(doc["started_at"])
+    end_t = float(series[-1]["t"])
+    knee, knee_t = metrics.get("knee"), metrics.get("knee_t")
+    if knee and knee_t is not None:
+        return int(knee) / rate + max(0.0, end_t - float(knee_t))
+    done = int(series[-1]["iterations"] or 0)
+    progress_t = next((float(p["t"]) for p in series if (p["iterations"] or 0) >= done), end_t)
+    return done / rate + max(0.0, end_t - progress_t)
+
+
+def read_cells(run_dir: Path) -> dict[str, list[dict]]:
+    """The run's cell results by kernel name (first attempts and re-measurements alike:
+    the run had to make each one)."""
+    by_kernel: dict[str, list[dict]] = {}
+    plan_doc = json.loads((run_dir / "plan.json").read_text())
+    kernel_of = {c["id"]: c["kernel"] for c in plan_doc["cells"]}
+    for p in sorted((run_dir / "cells").glob("*.json")):
+        doc = json.loads(p.read_text())
+        name = kernel_of.get(doc.get("cell_id"), doc.get("kernel", "?"))
+        by_kernel.setdefault(name, []).append(doc)
+    return by_kernel
+
+
+def wall_s(run_dir: Path) -> float:
+    """The run's wall time from its manifest (started_at and ended_at, ISO 8601)."""
+    man = json.loads((run_dir / "manifest.json").read_text())
+    started, ended = (datetime.fromisoformat(man[k]) for k in ("started_at", "ended_at"))
+    return (ended - started).total_seconds()
+
+
+def bound_s(
+    needs: dict[str, list[float]], bare: dict[str, KernelBare], host: set[str], slots: int
+) -> float:
+    """Host kernels' cells one after another, then the VM kernels' boots and cells over
+    the slots: at best evenly spread, never faster than the longest single kernel's
+    boot and longest cell (a cell cannot be split)."""
+    host_s = sum(sum(needs[k]) for k in needs if k in host)
+    vm = [k for k in needs if k not in host]
+    if not vm:
+        return host_s
+    total = sum(bare[k].boot_s + sum(needs[k]) for k in vm)
+    longest = max(bare[k].boot_s + max(needs[k], default=0.0) for k in vm)
+    return host_s + max(total / max(1, slots), longest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--jobs", type=int, default=0, help="VM slots the run had (0: as kmatrix)")
+    p.add_argument("--config", type=Path, default=REPO / "kernels.toml")
+    args = p.parse_args(argv)
+    for name, figure, _ in rows(args.run_dir, args.config, args.jobs, Path("/tmp/kmatrix-bound")):
+        print(f"{name}: {figure}")
+    return 0
+
+
+GOAL = 1.25
+"""The main command's wall time against its bound, at most."""
+
+
+def rows(
+    run_dir: Path, cfg_path: Path, jobs: int, work: Path
+) -> list[tuple[str, str, float | None]]:
+    """(figure, text, wall/bound or None) lines: per kernel the bare rate, boot and
+    need, then the bound and the run's wall time against it."""
+    from matrix.kernels.catalog import Catalog
+
+    cfg = config.load(cfg_path)
+    slots = jobs or job.auto_jobs(cfg)
+    by_kernel = read_cells(run_dir)
+    catalog = Catalog(cfg.settings.cache_dir)
+    bare, needs, host, out = {}, {}, set(), []
+    for name in sorted(by_kernel):
+        kernel = catalog.fetch(cfg.kernel(name))
+        if kernel.spec.kind == "host":
+            host.add(name)
+        bare[name] = bare_rate(kernel, work / name)
+        needs[name] = [cell_need_s(d, bare[name].rate) for d in by_kernel[name]]
+        out.append(
+            (
+                f"bound, kernel {name}",
+                f"bare loop {bare[name].rate:.0f}/s, boot {bare[name].boot_s:.1f} s, "
+                f"{len(needs[name])} cells need {sum(needs[name]):.0f} s",
+                None,
+            )
+        )
+    bound = bound_s(needs, bare, host, slots)
+    wall = wall_s(run_dir)
+    cells = sum(len(v) for v in needs.values())
+    median = statistics.median(sum(needs.values(), []))
+    out.append(("physical bound", f"{bound:.0f} s ({cells} cells, {slots} VM slots)", None))
+    out.append(("median need per cell", f"{median:.1f} s", None))
+    out.append(
+        ("main command wall time", f"{wall:.0f} s = {wall / bound:.2f}x the bound", wall / bound)
+    )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
