@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,10 +49,11 @@ Row = tuple[str, str, str, bool | None]
 """(figure, measured, goal, met); met is None where there is no goal."""
 
 
-def kernel_61() -> ResolvedKernel:
-    """bookworm's 6.1 through the catalog: from the cache, no network when it is there."""
+def kernel_61(name: str = "6.1") -> ResolvedKernel:
+    """A kernel of kernels.toml (bookworm's 6.1 by default) through the catalog: from
+    the cache, no network when it is there."""
     cfg = config.load(REPO / "kernels.toml")
-    return Catalog(cfg.settings.cache_dir).fetch(cfg.kernel("6.1"))
+    return Catalog(cfg.settings.cache_dir).fetch(cfg.kernel(name))
 
 
 def bare_vng(kernel: ResolvedKernel, work: Path) -> float:
@@ -182,8 +184,15 @@ def loop_rows(kernel: ResolvedKernel, tmp: Path, repeats: int) -> list[Row]:
     ]
 
 
-def run_config(tmp: Path, kernel: ResolvedKernel, jobs: int = 1, cpus: int = 1) -> Path:
-    """The repository's sweep and profiles, private runs/reports dirs, host + 6.1 (path)."""
+def run_config(
+    tmp: Path,
+    kernel: ResolvedKernel,
+    jobs: int = 1,
+    cpus: int = 1,
+    extra: Sequence[ResolvedKernel] = (),
+) -> Path:
+    """The repository's sweep and profiles, private runs/reports dirs, host + 6.1 (path)
+    and any `extra` kernels (path), under their names."""
     text = (REPO / "kernels.toml").read_text()
     sweep = text[text.index("[sweep]") : text.index("[[kernel]]")]
     path = tmp / f"kernels-{jobs}x{cpus}.toml"
@@ -191,8 +200,11 @@ def run_config(tmp: Path, kernel: ResolvedKernel, jobs: int = 1, cpus: int = 1) 
         f'[settings]\nruns_dir = "{tmp}/runs"\nreports_dir = "{tmp}/reports"\n'
         f'accel = "tcg"\njobs = {jobs}\ncpus = {cpus}\n{sweep}\n'
         '[[kernel]]\nname = "host"\nsource = "host"\n'
-        f'[[kernel]]\nname = "6.1"\nsource = "path"\nvmlinuz = "{kernel.vmlinuz}"\n'
-        f'modules = "{kernel.modules_dir}"\n'
+        + "".join(
+            f'[[kernel]]\nname = "{k.spec.name}"\nsource = "path"\nvmlinuz = "{k.vmlinuz}"\n'
+            f'modules = "{k.modules_dir}"\n'
+            for k in (kernel, *extra)
+        )
     )
     return path
 
@@ -242,10 +254,12 @@ def fixed_row(tmp: Path, kernel: ResolvedKernel, repeats: int) -> tuple[Row, int
     """kmatrix's fixed cost per run, where it shows: a host-kernel run of short cells
     (1A and 1B, three trials each: ~0.3 s a cell), report included. Fixed cost is the
     run's wall time minus the time inside its cells; median of `repeats` runs."""
-    cfg = run_config(tmp, kernel)
+    own = tmp / "short"
+    own.mkdir()
+    cfg = run_config(own, kernel)
     fixed, walls, peak = [], [], 0
     for i in range(repeats):
-        run_dir = tmp / f"short-{i}"
+        run_dir = own / "runs" / f"short-{i}"
         args = ["--kernels", "host", "--scenarios", "1A,1B", "--trials", "3"]
         wall, p = timed_run(cfg, run_dir, args)
         cells, _, _ = inside(run_dir)
@@ -269,16 +283,20 @@ def vm_run_rows(kernel: ResolvedKernel, tmp: Path) -> tuple[list[Row], int]:
     return [row, ("cells per hour, default profile, TCG, one VM", text, "", None)], peak
 
 
-def slot_rows(kernel: ResolvedKernel, tmp: Path) -> list[Row]:
-    """VM slots on this machine's cores: the same 2B sweep on 6.1 (six cells) as two
-    VMs of one vCPU each and as one VM of two vCPUs: cells per hour, and how steady the
-    loop's rate before the knee is across the six cells (coefficient of variation)."""
+def slot_rows(kernels: list[ResolvedKernel], tmp: Path) -> list[Row]:
+    """VM slots on this machine's cores: the 2B sweep on two kernels (twelve cells) as
+    VMs of one vCPU each, one per core, and as one VM with every core: cells per hour,
+    and how steady the loop's rate before the knee is across the cells (coefficient of
+    variation)."""
     cores = os.cpu_count() or 1
+    names = ",".join(k.spec.name for k in kernels)
     rows = []
     for jobs, cpus in ((cores, 1), (1, cores)):
-        cfg = run_config(tmp, kernel, jobs, cpus)
-        run_dir = tmp / f"slots-{jobs}x{cpus}"
-        wall, _ = timed_run(cfg, run_dir, ["--kernels", "6.1", "--scenarios", "2B", "--no-report"])
+        own = tmp / f"slots-{jobs}x{cpus}"
+        own.mkdir()
+        cfg = run_config(own, kernels[0], jobs, cpus, extra=kernels[1:])
+        run_dir = own / "runs" / "slots"
+        wall, _ = timed_run(cfg, run_dir, ["--kernels", names, "--scenarios", "2B", "--no-report"])
         rates = []
         for p in (run_dir / "cells").glob("*.json"):
             rate = rate_at(json.loads(p.read_text()).get("series") or [], bound.SEED_CONNECTIONS)
@@ -292,7 +310,7 @@ def slot_rows(kernel: ResolvedKernel, tmp: Path) -> list[Row]:
             if rates
             else "no rates"
         )
-        rows.append((f"slots: {jobs} VM x {cpus} vCPU, 2B on 6.1", text, "", None))
+        rows.append((f"slots: {jobs} VM x {cpus} vCPU, 2B on {names}", text, "", None))
     return rows
 
 
@@ -377,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += vm
             peaks.append(peak)
         if not args.skip_slots:
-            rows += slot_rows(kernel, tmp)
+            rows += slot_rows([kernel, kernel_61("6.12")], tmp)
         if args.main_run:
             cfg = REPO / "kernels.toml"
             for name, text, ratio in bound.rows(args.main_run, cfg, 0, tmp / "bound"):

@@ -7,12 +7,15 @@ A puzzle-2 cell must make its connections up to the knee (half the port range), 
 stay past it as long as its rules ask (knee_margin connections and knee_margin_s, or
 collapse_s of a crawl): that part is the kernel's behaviour, taken from the cell's own
 series. The connections up to the knee are timed at the seed's bare loop rate on the
-same kernel, in a guest alone (`seed-2B` in benchmarks/scenarios, one boot per kernel,
-which also gives the kernel's boot time). A cell without a series (puzzle 1, a
-workload) counts as long as it took. The VM kernels' boots and cells are spread over
-the slots (at best evenly, never below the longest kernel's share); the host kernel's
-cells run alone on the machine, so they add. The bound leaves out everything else:
-starting Python for each cell, the agent, pulling results back, the report.
+same kernel (`seed-2B` in benchmarks/scenarios, one boot per kernel, which also gives
+the kernel's boot time), measured with as many VMs at once as the run had slots, each
+running the seed's loop: what this machine's cores give when every slot is busy (two
+one-vCPU TCG guests on two cores here each ran ~70% of one guest alone). A cell
+without a series (puzzle 1, a workload) counts as long as it took. The VM kernels'
+boots and cells are spread over the slots (at best evenly, never below the longest
+kernel's share); the host kernel's cells run alone on the machine, so they add. The
+bound leaves out everything else: starting Python for each cell, the agent, pulling
+results back, the report.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import statistics
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -67,18 +71,20 @@ def seed_cell(kernel: ResolvedKernel, trial: int = 0) -> Cell:
 
 
 def bare_rate(kernel: ResolvedKernel, work: Path) -> KernelBare:
-    """One boot of `kernel` (or the host runner for the running kernel) with one seed cell."""
-    cell = seed_cell(kernel)
+    """One boot of `kernel` (or the host runner for the running kernel) with two seed
+    cells, so that guests started together overlap in their loops; their mean rate."""
+    cells = (seed_cell(kernel, 0), seed_cell(kernel, 1))
     work.mkdir(parents=True, exist_ok=True)
     if kernel.spec.kind == "host":
         runner = HostRunner()
     else:
         runner = VngRunner(accel="tcg", cpus=1, memory_mb=2048)
-    outcome = runner.run_batch(Batch(kernel, (cell,)), work, threading.Event(), lambda *_: None)
-    result = outcome.results.get(cell.id)
-    if result is None:
+    outcome = runner.run_batch(Batch(kernel, cells), work, threading.Event(), lambda *_: None)
+    results = [outcome.results.get(c.id) for c in cells]
+    if None in results:
         raise SystemExit(f"bound: no bare loop result on {kernel.spec.name}: {outcome.failure}")
-    return KernelBare(float(result["metrics"]["rate"]), float(outcome.boot_s or 0.0))
+    rate = statistics.mean(float(r["metrics"]["rate"]) for r in results if r)
+    return KernelBare(rate, float(outcome.boot_s or 0.0))
 
 
 def cell_need_s(doc: dict, rate: float) -> float:
@@ -160,12 +166,15 @@ def rows(
     slots = jobs or job.auto_jobs(cfg)
     by_kernel = read_cells(run_dir)
     catalog = Catalog(cfg.settings.cache_dir)
-    bare, needs, host, out = {}, {}, set(), []
+    kernels = {name: catalog.fetch(cfg.kernel(name)) for name in sorted(by_kernel)}
+    host = {name for name, k in kernels.items() if k.spec.kind == "host"}
+    bare = {name: bare_rate(kernels[name], work / name) for name in sorted(host)}
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        vm = sorted(set(kernels) - host)
+        measured = pool.map(lambda n: bare_rate(kernels[n], work / n), vm)
+        bare.update(zip(vm, measured, strict=True))
+    needs, out = {}, []
     for name in sorted(by_kernel):
-        kernel = catalog.fetch(cfg.kernel(name))
-        if kernel.spec.kind == "host":
-            host.add(name)
-        bare[name] = bare_rate(kernel, work / name)
         needs[name] = [cell_need_s(d, bare[name].rate) for d in by_kernel[name]]
         out.append(
             (
