@@ -38,6 +38,7 @@ scenarios = ["1A", "2A", "2B"]
 window_s = 3
 iteration_cap = 200000
 stall_s = 2
+knee_margin_s = 1   # the goal past the knee must fit in the window
 [sweep.sysctls]
 "net.ipv4.tcp_max_tw_buckets" = [200, 65535]
 "net.ipv4.tcp_tw_reuse" = [0]
