@@ -1,0 +1,72 @@
+"""What the agent does before and around each cell, kept cheap for a guest under TCG:
+its command line parsed by hand, scratch directories and captured output without
+tempfile, and a scratch tree removed without following a link the program left."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.agent_cells import COLLECTORS, load_collector
+
+agent = load_collector(COLLECTORS / "agent.py")
+agent_exec = load_collector(COLLECTORS / "agent_exec.py")
+
+
+def test_the_command_line_takes_both_spellings_and_the_flag() -> None:
+    args = agent.parse_args(["--cells", "c.json", "--out=o", "--net-only"])
+    assert (args.cells, args.out, args.net_only) == ("c.json", "o", True)
+    args = agent.parse_args(["--out", "o", "--cells=c.json"])
+    assert (args.cells, args.out, args.net_only) == ("c.json", "o", False)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--cells", "c.json"],
+        ["--out", "o"],
+        ["--cells", "c.json", "--out", "o", "--bogus"],
+        ["--cells", "c.json", "--out"],
+        ["--cells", "c.json", "--out", "o", "stray"],
+        ["--net-only=yes", "--cells", "c", "--out", "o"],
+    ],
+)
+def test_a_bad_command_line_stops_with_the_usage(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        agent.parse_args(argv)
+    assert "usage: agent.py" in str(e.value)
+
+
+def test_result_dirs_are_private_and_distinct(tmp_path: Path) -> None:
+    a = agent_exec.make_result_dir("cell", tmp_path)
+    b = agent_exec.make_result_dir("cell", tmp_path)
+    assert a != b and Path(a).parent == tmp_path
+    assert os.stat(a).st_mode & 0o777 == 0o700
+
+
+def test_captured_output_is_a_file_with_no_name_left(tmp_path: Path) -> None:
+    with agent_exec.capture_file(str(tmp_path)) as f:
+        f.write(b"out")
+        f.seek(0)
+        assert f.read() == b"out"
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_removing_a_result_dir_never_follows_a_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    scratch = Path(agent_exec.make_result_dir("cell", tmp_path))
+    (scratch / "sub").mkdir()
+    (scratch / "sub" / "f").write_text("y")
+    (scratch / "to-dir").symlink_to(outside)
+    (scratch / "sub" / "to-file").symlink_to(outside / "keep")
+    agent_exec.remove_result_dir(str(scratch))
+    assert not scratch.exists()
+    assert (outside / "keep").read_text() == "x"
+    link = tmp_path / "link"
+    link.symlink_to(outside)
+    agent_exec.remove_result_dir(str(link))
+    assert not link.is_symlink() and (outside / "keep").exists()
