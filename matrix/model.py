@@ -90,7 +90,7 @@ class Limits:
     window_s: float = 25.0
     iteration_cap: int = 20000
     stall_s: float = 10.0
-    sample_s: float = 0.5
+    sample_s: float = 0.2
     collapse_s: float = 0.0
     """Past the knee, stop a puzzle-2 loop that has run below a tenth of its rate before
     the knee this long (0: never)."""

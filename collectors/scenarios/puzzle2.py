@@ -57,7 +57,7 @@ NSTAT_KEYS = (
     "TcpActiveOpens",
     "TcpExtListenOverflows",
 )
-DEFAULTS = {"window_s": 25.0, "iteration_cap": 20000, "stall_s": 10.0, "sample_s": 0.5}
+DEFAULTS = {"window_s": 25.0, "iteration_cap": 20000, "stall_s": 10.0, "sample_s": 0.2}
 """Limits for a run by hand, where no KMATRIX_* variable is set."""
 
 
