@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import bound  # noqa: E402
 
+from matrix.classify import series  # noqa: E402
 from matrix.kernels.catalog import Catalog  # noqa: E402
 from matrix.model import Batch, Cell, Limits, ResolvedKernel  # noqa: E402
 from matrix.plan import cells as plan  # noqa: E402
@@ -113,15 +114,14 @@ def boot_rows(kernel: ResolvedKernel, tmp: Path, repeats: int) -> list[Row]:
     ]
 
 
-def rate_at(series: list[dict], n: int) -> float | None:
+def rate_at(result: dict, n: int) -> float | None:
     """Connections per second from the loop's start to its n-th connection, the time
-    interpolated between the two samples around n."""
-    points = [(p["iterations"], p["t"]) for p in series if p.get("iterations") is not None]
-    for (i0, t0), (i1, t1) in zip(points, points[1:], strict=False):
-        if i0 < n <= i1 and i1 > i0:
-            t = t0 + (t1 - t0) * (n - i0) / (i1 - i0)
-            return n / t if t > 0 else None
-    return None
+    interpolated between the samples around n as the classifier does; None short of n."""
+    pts = series.points(result)
+    if pts[-1][1] < n:
+        return None
+    t = series.time_at(pts, n)
+    return n / t if t > 0 else None
 
 
 def loop_cells(kernel: ResolvedKernel, repeats: int) -> list[Cell]:
@@ -158,7 +158,7 @@ def loop_rows(kernel: ResolvedKernel, tmp: Path, repeats: int) -> list[Row]:
         if cell.scenario == "seed-2B":
             bare.append(float(result["metrics"]["rate"]))
         else:
-            rate = rate_at(result.get("series") or [], bound.SEED_CONNECTIONS)
+            rate = rate_at(result, bound.SEED_CONNECTIONS)
             if rate is None:
                 raise SystemExit("loop benchmark: the 2B cell never reached its first connections")
             ours.append(rate)
@@ -299,7 +299,7 @@ def slot_rows(kernels: list[ResolvedKernel], tmp: Path) -> list[Row]:
         wall, _ = timed_run(cfg, run_dir, ["--kernels", names, "--scenarios", "2B", "--no-report"])
         rates = []
         for p in (run_dir / "cells").glob("*.json"):
-            rate = rate_at(json.loads(p.read_text()).get("series") or [], bound.SEED_CONNECTIONS)
+            rate = rate_at(json.loads(p.read_text()), bound.SEED_CONNECTIONS)
             if rate is not None:
                 rates.append(rate)
         n = len(list((run_dir / "cells").glob("*.json")))

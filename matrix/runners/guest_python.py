@@ -3,7 +3,7 @@
 The guest reads the host's root over 9p without a page cache, under TCG at a
 twentieth of native speed, so what an interpreter reads at start is paid in full at
 every start, once for the agent and once per cell. Measured in a bookworm 6.1 guest
-(TCG, 2-vCPU Xeon host): Debian's static `/usr/bin/python3` starts in 0.4-0.6 s, a
+(TCG, 2-vCPU AMD EPYC host): Debian's static `/usr/bin/python3` starts in 0.4-0.6 s, a
 pyenv or venv interpreter linked to a 23 MB `libpython3.11.so` in 3.0-4.2 s. And the
 guest cannot write `__pycache__` (the root is read-only), so a module without
 bytecode beside it is compiled again at every start: the agent's own modules cost
