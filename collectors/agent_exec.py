@@ -16,12 +16,15 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import IO, Any
 
 import agent_netns as netns
 import agent_report as report
+
+TYPE_CHECKING = False
+"""typing and pathlib cost ~0.35 s of a guest's start under TCG: its names are for checkers only."""
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
 
 DEADLINE_SLACK_S = 30.0
 """What the agent allows on top of the cell's timeout_s: setup, settling, writing."""
@@ -30,7 +33,7 @@ STDOUT_SCAN_BYTES = 16 << 20
 """How much of a program's stdout is read for LAVA and TAP lines (from its start)."""
 SETUP_REPORT_BYTES = 1 << 20
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-COLLECTORS = Path(__file__).resolve().parent
+COLLECTORS = os.path.dirname(os.path.realpath(__file__))
 """On the program's PYTHONPATH, so that it can `import kmatrix_probe`."""
 HEARTBEAT = "KMATRIX-ALIVE"
 HEARTBEAT_S = 5.0
@@ -144,7 +147,7 @@ def child(cell: dict[str, Any], result: dict[str, Any], run: dict[str, Any], pip
             "detail": result["status_detail"],
             "lines": lines,
         }
-        _send(pipe, {"setup": setup})
+        _send(pipe, {"setup": setup, "exec_at": time.monotonic()})
         code = 0
         if ready:
             argv = run["argv"]
@@ -270,7 +273,7 @@ def read_stdout(f: IO[bytes]) -> tuple:
     return lines, read_tail(f, TAIL_CHARS), note
 
 
-def make_result_dir(cell_id: str, root: Path | None) -> str:
+def make_result_dir(cell_id: str, root: str | None) -> str:
     """The cell's private KMATRIX_RESULT_DIR (0700, absolute: the program runs elsewhere):
     under `root` (the batch's directory, beside out/, which the runners clean up), else
     under /tmp where `root` cannot take it (a guest that may not write there).
@@ -457,7 +460,7 @@ def run_program(
     cell: dict[str, Any],
     result: dict[str, Any],
     argv: list,
-    root: Path | None = None,
+    root: str | None = None,
     beat: Callable[[], None] = _no_beat,
 ) -> None:
     """Fork the cell's child, wait for it under the deadline (timeout_s + slack), kill
@@ -466,6 +469,7 @@ def run_program(
     while the agent waits. A program that overran is recorded in `liveness`: the agent
     was alive to kill it, the state it was killed in, and whether it died."""
     budget = float(cell["timeout_s"]) + DEADLINE_SLACK_S
+    began = time.monotonic()
     result_dir = make_result_dir(str(cell["id"]), root)
     try:
         tmp = "/tmp" if os.path.isdir("/tmp") else result_dir
@@ -499,6 +503,22 @@ def run_program(
                 os.close(read_end)
             if status is None:
                 live["reaped"] = reap(pid, KILL_WAIT_S, beat)
+            exited = time.monotonic()
             finish(cell, result, run, status, records)
+            result["timing"] = timing(began, records.get("exec_at"), exited, time.monotonic())
     finally:
         remove_result_dir(result_dir)
+
+
+def timing(began: float, exec_at: Any, exited: float, done: float) -> dict[str, float]:
+    """Where a cell's time went: setup_s (fork, namespace, sysctls, up to the program's
+    exec), program_s (exec to exit: the interpreter's start, its imports and its run),
+    collect_s (reading what it reported). exec_at is the child's clock (the same
+    CLOCK_MONOTONIC); without it the program's share includes the setup."""
+    if not isinstance(exec_at, (int, float)) or not began <= exec_at <= exited:
+        exec_at = began
+    return {
+        "setup_s": round(exec_at - began, 3),
+        "program_s": round(exited - exec_at, 3),
+        "collect_s": round(done - exited, 3),
+    }

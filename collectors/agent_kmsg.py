@@ -15,8 +15,12 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterable
-from typing import Any
+
+TYPE_CHECKING = False
+"""typing costs ~0.15 s of a guest's start under TCG: its names are for checkers only."""
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 KMSG = "/dev/kmsg"
 TAINTED = "/proc/sys/kernel/tainted"

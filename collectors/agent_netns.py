@@ -12,8 +12,12 @@ import fcntl
 import os
 import socket
 import struct
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False
+"""typing costs ~0.15 s of a guest's start under TCG: its names are for checkers only."""
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1

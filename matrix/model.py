@@ -262,6 +262,9 @@ class BatchOutcome:
     "unknown" (no heartbeat was ever seen); "" when no deadline passed."""
     heartbeat_age_s: float | None = None
     """How long before the deadline the last heartbeat was seen, when one was."""
+    boot_image: str = ""
+    """What a VM booted: "pvh" (the kernel's unpacked ELF) or "bzimage", with why when
+    a PVH image was asked for and not used (`matrix.runners.pvh`); "" for no VM."""
 
 
 @dataclass(frozen=True)

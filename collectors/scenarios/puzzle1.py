@@ -11,7 +11,6 @@ series) goes to result.json, or to stdout when run by hand.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import select
@@ -19,7 +18,11 @@ import socket
 import struct
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False
+"""typing costs ~0.15 s of a guest's start under TCG: its names are for checkers only."""
+if TYPE_CHECKING:
+    from typing import Any
 
 try:
     import kmatrix_probe as probe
@@ -33,6 +36,7 @@ SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent
 SIOCINQ = 0x541B  # FIONREAD: bytes waiting in the receive queue
 SETTLE_S = 0.2  # lets loopback deliver what was sent before the queues are read
 DEFAULTS = {"window_s": 25.0, "iteration_cap": 20000}
+USAGE = "usage: puzzle1.py --until eagain|pollout  (Puzzle 1: how much a sender queues.)"
 """Limits for a run by hand, where no KMATRIX_* variable is set."""
 
 
@@ -134,12 +138,10 @@ def run(until: str, cap: int, window_s: float) -> dict[str, Any]:
 
 
 def main(argv: list | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Puzzle 1: how much a sender queues.")
-    parser.add_argument("--until", choices=("eagain", "pollout"), required=True)
-    args = parser.parse_args(argv)
+    until = probe.choice(argv, "--until", ("eagain", "pollout"), USAGE)
     cap = int(probe.limit("iteration_cap", DEFAULTS["iteration_cap"]))
     window_s = float(probe.limit("window_s", DEFAULTS["window_s"]))
-    probe.write_result(run(args.until, cap, window_s))
+    probe.write_result(run(until, cap, window_s))
     return 0
 
 

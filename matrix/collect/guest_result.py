@@ -445,4 +445,5 @@ TOP: dict[str, Check] = {
     "params": _at_most(MAX_PARAMS, _params),
     "kernel": _object(KERNEL),
     "liveness": _object(LIVENESS),
+    "timing": _object(dict.fromkeys(("setup_s", "program_s", "collect_s"), NUMBER)),
 }

@@ -55,6 +55,8 @@ class Settings:
     memory_mb: int = 2048
     cpus: int = 1
     accel: str = "auto"
+    boot: str = "pvh"
+    """"pvh": boot a kernel's unpacked ELF where it can (`matrix.runners.pvh`); "bzimage"."""
     boot_timeout_s: float = 180.0
     known_hosts: Path | None = None
     identity: Path | None = None
@@ -171,6 +173,9 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
     accel = t.get("accel", d.accel)
     if accel not in ("auto", "kvm", "tcg"):
         raise ConfigError(src, "settings.accel", f"{accel!r}; expected one of auto, kvm, tcg")
+    boot = t.get("boot", d.boot)
+    if boot not in ("pvh", "bzimage"):
+        raise ConfigError(src, "settings.boot", f"{boot!r}; expected one of pvh, bzimage")
     return replace(
         d,
         **paths,
@@ -185,6 +190,7 @@ def _settings(src: str, t: dict[str, Any]) -> Settings:
         memory_mb=_int(src, "settings.memory_mb", t.get("memory_mb", d.memory_mb), 256),
         cpus=_int(src, "settings.cpus", t.get("cpus", d.cpus), 1),
         accel=accel,
+        boot=boot,
         boot_timeout_s=_num(
             src, "settings.boot_timeout_s", t.get("boot_timeout_s", d.boot_timeout_s)
         ),

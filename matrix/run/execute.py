@@ -164,5 +164,6 @@ def record_outcome(run_dir: Path, kernel: str, outcome: BatchOutcome) -> None:
             "host_sysctl_changed": list(outcome.host_sysctl_changed),
             "liveness": outcome.liveness,
             "heartbeat_age_s": outcome.heartbeat_age_s,
+            "boot_image": outcome.boot_image,
         },
     )

@@ -41,6 +41,8 @@ def runner_factory(cfg: config.Config) -> Any:
                 boot_timeout_s=s.boot_timeout_s,
                 extra_per_cell_s=AGENT_SLACK_S,
                 guest_user=s.guest_user,
+                boot=s.boot,
+                image_cache=s.cache_dir,
             )
         return cache["vng"]
 

@@ -48,7 +48,7 @@ from matrix.collect import guest_files, sanitize
 from matrix.errors import PrerequisiteError
 from matrix.model import Batch, BatchOutcome, Cell, ResolvedKernel
 from matrix.run import procs
-from matrix.runners import OnResult
+from matrix.runners import OnResult, pvh
 from matrix.runners import accel as accel_mod
 from matrix.runners.agent_io import (
     HEARTBEAT,
@@ -81,6 +81,16 @@ TOOLS = {
     "depmod": "apt package kmod",
     "modprobe": "apt package kmod",
 }
+
+
+BOOT_KINDS = ("pvh", "bzimage")
+DEFAULT_IMAGE_CACHE = Path("~/.cache/kmatrix").expanduser()
+"""Where PVH images are unpacked when no cache is given (the catalog's default cache)."""
+
+
+def describe(image: pvh.BootImage) -> str:
+    """ "pvh", "bzimage", or "bzimage: <why not pvh>" for the batch's record."""
+    return f"{image.kind}: {image.reason}" if image.reason else image.kind
 
 
 def batch_deadline_s(
@@ -204,9 +214,17 @@ class VngRunner:
         extra_per_cell_s: float = 30.0,
         agent: Path | None = None,
         guest_user: str | None = None,
+        boot: str = "pvh",
+        image_cache: Path | None = None,
     ) -> None:
         if accel not in ("auto", "kvm", "tcg"):
             raise ValueError(f"accel must be auto, kvm or tcg, not {accel!r}")
+        if boot not in BOOT_KINDS:
+            raise ValueError(f"boot must be one of {', '.join(BOOT_KINDS)}, not {boot!r}")
+        self.boot = boot
+        """"pvh": the kernel's unpacked ELF where it has a PVH entry (`matrix.runners.pvh`),
+        else the bzImage; "bzimage": always the bzImage."""
+        self.image_cache = image_cache or DEFAULT_IMAGE_CACHE
         self.memory_mb, self.cpus, self.accel = memory_mb, cpus, accel
         self.boot_timeout_s, self.extra_per_cell_s = boot_timeout_s, extra_per_cell_s
         self.agent = agent
@@ -264,9 +282,12 @@ class VngRunner:
             console.write_text(failure + "\n")
             return self._outcome(collector, "none", console, failure, None, started)
         accel, why = self.choose_accelerator(batch.kernel)
-        argv = self._argv(batch.kernel, batch.cells, workdir, accel)
+        image = self._boot_image(Path(batch.kernel.vmlinuz))
+        argv = self._argv(batch.kernel, batch.cells, workdir, accel, image)
         console.write_text(
-            f"# kmatrix: accelerator {accel} ({why})\n# kmatrix: {shlex.join(argv)}\n"
+            f"# kmatrix: accelerator {accel} ({why})\n"
+            f"# kmatrix: boots {image.path} ({describe(image)})\n"
+            f"# kmatrix: {shlex.join(argv)}\n"
         )
         proc = procs.start_session(argv, console, cwd=workdir, env=vng_env(argv[0]))
         watch = ConsoleWatch(console, time.monotonic(), [c.id for c in batch.cells])
@@ -287,17 +308,31 @@ class VngRunner:
         outcome = self._outcome(collector, accel, console, failure, boot_s, started)
         liveness, age, _ = watch.at_deadline or ("", None, "")
         return replace(
-            outcome, host_sysctl_changed=host_changes, liveness=liveness, heartbeat_age_s=age
+            outcome,
+            host_sysctl_changed=host_changes,
+            liveness=liveness,
+            heartbeat_age_s=age,
+            boot_image=describe(image),
         )
+
+    def _boot_image(self, vmlinuz: Path) -> pvh.BootImage:
+        if self.boot == "bzimage":
+            return pvh.BootImage(vmlinuz, "bzimage")
+        return pvh.boot_image(vmlinuz, self.image_cache)
 
     def _prepare(self, batch: Batch, workdir: Path, on_result: OnResult) -> ResultCollector:
         _, out = prepare(batch, workdir)
         return ResultCollector(out, [c.id for c in batch.cells], on_result)
 
     def _argv(
-        self, kernel: ResolvedKernel, cells: Sequence[Cell], workdir: Path, accel: str
+        self,
+        kernel: ResolvedKernel,
+        cells: Sequence[Cell],
+        workdir: Path,
+        accel: str,
+        boot: pvh.BootImage,
     ) -> list[str]:
-        image = stage_kernel(kernel, workdir / "kernel")
+        image = stage_kernel(kernel, workdir / "kernel", boot.path)
         ensure_modules_dep(kernel, workdir / "kernel")
         python, user = guest_python(), self.guest_user
         if user is not None:

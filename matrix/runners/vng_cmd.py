@@ -69,15 +69,16 @@ def ensure_modules_dep(kernel: ResolvedKernel, staged: Path) -> None:
             )
 
 
-def stage_kernel(kernel: ResolvedKernel, dest: Path) -> Path:
-    """Lay out symlinks the way vng looks for a kernel and its modules; return the image."""
+def stage_kernel(kernel: ResolvedKernel, dest: Path, boot: Path | None = None) -> Path:
+    """Lay out symlinks the way vng looks for a kernel and its modules; return the image.
+    `boot` is the file to boot in place of the bzImage (its PVH ELF, `matrix.runners.pvh`)."""
     if kernel.vmlinuz is None:
         raise PrerequisiteError(f"kernel {kernel.spec.name} has no vmlinuz to boot")
     modules = dest / "lib" / "modules"
     modules.mkdir(parents=True, exist_ok=True)
     (dest / "boot").mkdir(exist_ok=True)
     image = dest / "boot" / f"vmlinuz-{kernel.release}"
-    _symlink(Path(kernel.vmlinuz).resolve(), image)
+    _symlink(Path(boot or kernel.vmlinuz).resolve(), image)
     if kernel.modules_dir is not None:
         _symlink(Path(kernel.modules_dir).resolve(), modules / kernel.release)
     return image

@@ -21,7 +21,7 @@ import pytest
 from matrix.kernels.catalog import Catalog
 from matrix.model import Batch, Cell, DebianSource, KernelSpec, Limits, ResolvedKernel
 from matrix.plan import config
-from matrix.runners import accel
+from matrix.runners import accel, pvh
 from matrix.runners.vng import VngRunner, find_tool
 from tests.fixtures.agent_cells import builtin_program
 
@@ -97,11 +97,23 @@ def run(runner: VngRunner, batch: Batch, workdir: Path, stop: threading.Event | 
     return outcome, got
 
 
-def test_two_cells_in_one_boot(kernel: ResolvedKernel, tmp_path: Path) -> None:
-    runner = VngRunner(accel="tcg", cpus=1)
+@pytest.mark.parametrize("boot", ["pvh", "bzimage"])
+def test_two_cells_in_one_boot(kernel: ResolvedKernel, tmp_path: Path, boot: str) -> None:
+    """Both ways into the same kernel run the cells: Debian's 6.1 has a PVH entry, so
+    "pvh" boots its unpacked ELF (skipping the guest's decompression), "bzimage" the
+    package's image as is."""
+    runner = VngRunner(accel="tcg", cpus=1, boot=boot, image_cache=tmp_path / "cache")
     batch = Batch(kernel, cells(2))
     outcome, got = run(runner, batch, tmp_path / "wd")
     assert outcome.failure == "", outcome.console_tail
+    assert outcome.boot_image == boot
+    staged = (tmp_path / "wd" / "kernel" / "boot" / f"vmlinuz-{kernel.release}").resolve()
+    if boot == "pvh":
+        assert staged.is_relative_to(tmp_path / "cache" / "pvh") and pvh.has_pvh_entry(
+            staged.read_bytes()
+        )
+    else:
+        assert staged == Path(kernel.vmlinuz).resolve()
     assert set(outcome.results) == set(got) == {c.id for c in batch.cells}
     assert all(r.get("status") == "ok" for r in outcome.results.values())
     assert outcome.accelerator == "tcg" and outcome.runner == "vng"

@@ -57,6 +57,7 @@ def test_packaged_default_is_valid() -> None:
     cfg = config.load(Path(__file__).parents[3] / "kernels.toml")
     assert {"host", "5.10", "6.1", "6.12", "7.2", "7.3-rc"} <= {k.name for k in cfg.kernels}
     assert dict(cfg.sweep.sysctls)["net.ipv4.tcp_max_tw_buckets"] == ("2000", "50000", "65535")
+    assert cfg.settings.boot == "pvh"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +73,7 @@ def test_packaged_default_is_valid() -> None:
         (('source = "path"', 'source = "usb"'), "kernel[2] (mine).source", "expected one of"),
         (("jobs = 2", "jobs = -1"), "settings.jobs", "expected an integer >= 0"),
         (("jobs = 2", "jobz = 2"), "settings.jobz", "unknown key"),
+        (("jobs = 2", 'boot = "uefi"'), "settings.boot", "expected one of pvh, bzimage"),
         (("window_s = 5", "window_s = 0"), "profiles.quick.window_s", "positive number"),
         (("[0, 1]", "[true]"), "sweep.sysctls.net.ipv4.tcp_tw_reuse", "expected an integer"),
         (
