@@ -14,6 +14,10 @@ What virtme-ng (1.42) does with a distro kernel, and why the command line is wha
   `path` kernel's may not match that walk, `stage_kernel` builds a tiny tree of
   symlinks (`boot/vmlinuz-<release>`, `lib/modules/<release>`) in the workdir; an
   empty `lib/modules` stops the walk from reaching the host's own modules.
+- The image linked as `boot/vmlinuz-<release>` is, where the kernel has a PVH entry,
+  its unpacked ELF (`matrix.runners.pvh`, `boot = "pvh"`): vng hands it to QEMU's
+  `-kernel` like a bzImage (it finds the release with `strings`), and QEMU enters the
+  kernel directly, skipping the 4-5 s a TCG guest spends decompressing a bzImage.
 - `--force-9p`: bookworm's C virtiofsd does not speak vng's arguments.
 - `--disable-kvm` unless the accelerator is KVM; with KVM `-machine accel=kvm` is
   added so QEMU cannot fall back to TCG silently (vng asks for `kvm:tcg`).

@@ -70,3 +70,54 @@ def test_removing_a_result_dir_never_follows_a_link(tmp_path: Path) -> None:
     link.symlink_to(outside)
     agent_exec.remove_result_dir(str(link))
     assert not link.is_symlink() and (outside / "keep").exists()
+
+
+def test_a_cells_time_is_split_at_the_programs_exec_and_exit() -> None:
+    assert agent_exec.timing(10.0, 10.25, 12.0, 12.125) == {
+        "setup_s": 0.25,
+        "program_s": 1.75,
+        "collect_s": 0.125,
+    }
+
+
+@pytest.mark.parametrize("exec_at", [None, "10.5", 9.0, 13.0, True])
+def test_without_a_believable_exec_time_the_program_takes_the_setup(exec_at: object) -> None:
+    got = agent_exec.timing(10.0, exec_at, 12.0, 12.5)
+    assert got == {"setup_s": 0.0, "program_s": 2.0, "collect_s": 0.5}
+
+
+def test_the_built_in_programs_take_their_one_flag_without_argparse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    probe = load_collector(COLLECTORS / "kmatrix_probe.py")
+    assert probe.choice(["--until", "pollout"], "--until", ("eagain", "pollout"), "u") == "pollout"
+    assert probe.choice(["--until=eagain"], "--until", ("eagain", "pollout"), "u") == "eagain"
+    for bad in (["--until", "never"], [], ["--until"], ["--until", "eagain", "x"], ["-x"]):
+        with pytest.raises(SystemExit) as e:
+            probe.choice(bad, "--until", ("eagain", "pollout"), "usage: p")
+        assert e.value.code == 2
+        assert "expected --until eagain|pollout" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        probe.choice(["--help"], "--until", ("eagain",), "usage: p")
+    assert e.value.code == 0 and "usage: p" in capsys.readouterr().out
+
+
+def test_guest_side_modules_keep_out_of_the_heavy_imports() -> None:
+    """Each of these costs a TCG guest 0.1-0.8 s per process (README, Performance): the
+    agent and the built-in programs start without them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, importlib.util\n"
+        "before = set(sys.modules)\n"
+        f"sys.path[:0] = [{str(COLLECTORS)!r}, {str(COLLECTORS / 'scenarios')!r}]\n"
+        "import agent, puzzle1, puzzle2\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "agent_exec" in out and "kmatrix_probe" in out
+    heavy = {"argparse", "typing", "dataclasses", "pathlib", "platform", "shutil", "tempfile"}
+    assert heavy.isdisjoint(out), heavy & set(out)
