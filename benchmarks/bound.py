@@ -12,7 +12,8 @@ which also gives the kernel's boot time), measured with as many VMs at once as t
 had slots: what this machine's cores give when every slot is busy (two one-vCPU TCG
 guests on two cores here each ran ~70% of one guest alone). Only loops that ran while
 every other slot was running one too count (the first loop of a boot may start while
-the other VM still boots); the share of overlap is printed with each rate. A cell
+the other VM still boots, the last may end after the others): the share of overlap is
+printed with each rate. A cell
 without a series (puzzle 1, a workload) counts as long as it took. The VM kernels'
 boots and cells are spread over the slots (at best evenly, never below the longest
 kernel's share); the host kernel's cells run alone on the machine, so they add. The
@@ -35,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from matrix.classify import remeasure  # noqa: E402
 from matrix.model import Batch, Cell, ResolvedKernel  # noqa: E402
 from matrix.plan import cells as plan  # noqa: E402
 from matrix.plan import config  # noqa: E402
@@ -47,8 +49,9 @@ SEED_CONNECTIONS = 8000
 """Below the knee (half the default port range, ~14,100): the loop at full speed."""
 SEED_LOOPS = 3
 """Seed loops per boot: the middle one overlaps the other slots' loops."""
-FULL_OVERLAP = 0.95
-"""A loop counts as contended when every other slot ran a loop this share of its time."""
+CONTENDED = 0.75
+"""A loop counts as contended when every other slot ran a loop this share of its time
+(between its loops a guest starts the next program, which keeps its core busy too)."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +130,12 @@ def overlap(loop: Loop, others: list[list[Loop]], need: int) -> float:
 
 
 def contended(boot_s: float, mine: list[Loop], others: list[list[Loop]], slots: int) -> KernelBare:
-    """The mean rate of the loops that ran with every other slot looping (FULL_OVERLAP);
+    """The mean rate of the loops that ran with every other slot looping (CONTENDED);
     when none did, of those that overlapped most, with that share."""
     shares = [overlap(lp, others, min(slots - 1, len(others))) for lp in mine]
-    full = [lp.rate for lp, s in zip(mine, shares, strict=True) if s >= FULL_OVERLAP]
+    full = [lp.rate for lp, s in zip(mine, shares, strict=True) if s >= CONTENDED]
     if full:
-        kept = [s for s in shares if s >= FULL_OVERLAP]
+        kept = [s for s in shares if s >= CONTENDED]
         return KernelBare(statistics.mean(full), boot_s, statistics.mean(kept))
     best = max(shares)
     rates = [lp.rate for lp, s in zip(mine, shares, strict=True) if s == best]
@@ -165,7 +168,7 @@ def read_cells(run_dir: Path) -> dict[str, list[dict]]:
     kernel_of = {c["id"]: c["kernel"] for c in plan_doc["cells"]}
     for p in sorted((run_dir / "cells").glob("*.json")):
         doc = json.loads(p.read_text())
-        name = kernel_of.get(doc.get("cell_id"), doc.get("kernel", "?"))
+        name = kernel_of.get(remeasure.base_of(str(doc.get("cell_id"))), "?")
         by_kernel.setdefault(name, []).append(doc)
     return by_kernel
 

@@ -102,22 +102,34 @@ def test_the_built_in_programs_take_their_one_flag_without_argparse(
     assert e.value.code == 0 and "usage: p" in capsys.readouterr().out
 
 
-def test_guest_side_modules_keep_out_of_the_heavy_imports() -> None:
-    """Each of these costs a TCG guest 0.1-0.8 s per process (README, Performance): the
-    agent and the built-in programs start without them."""
+def imported_by(*modules: str) -> set[str]:
+    """The modules a fresh `python -S` loads to import `modules` from collectors/."""
     import subprocess
     import sys
 
     code = (
-        "import sys, importlib.util\n"
+        "import sys\n"
         "before = set(sys.modules)\n"
         f"sys.path[:0] = [{str(COLLECTORS)!r}, {str(COLLECTORS / 'scenarios')!r}]\n"
-        "import agent, puzzle1, puzzle2\n"
+        f"import {', '.join(modules)}\n"
         "print(' '.join(sorted(set(sys.modules) - before)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert "agent_exec" in out and "kmatrix_probe" in out
-    heavy = {"argparse", "typing", "dataclasses", "pathlib", "platform", "shutil", "tempfile"}
-    assert heavy.isdisjoint(out), heavy & set(out)
+    run = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return set(run.stdout.split())
+
+
+HEAVY = {"argparse", "typing", "dataclasses", "pathlib", "platform", "shutil", "tempfile"}
+"""Each costs a TCG guest 0.1-0.8 s per process (README, Performance)."""
+
+
+def test_guest_side_modules_keep_out_of_the_heavy_imports() -> None:
+    out = imported_by("agent", "puzzle1", "puzzle2")
+    assert {"agent_exec", "kmatrix_probe", "socket"} <= out
+    assert HEAVY.isdisjoint(out), HEAVY & out
+
+
+def test_the_agent_brings_lo_up_without_the_socket_module() -> None:
+    out = imported_by("agent")
+    assert "agent_netns" in out
+    assert not {"socket", "selectors"} & out
