@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import lzma
 import os
-import shutil
 import struct
 import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from matrix.run import procs
 
 MAX_IMAGE_BYTES = 512 << 20
 """No x86 kernel ELF comes near this; a payload claiming more is refused."""
@@ -52,19 +53,19 @@ def boot_image(vmlinuz: Path, cache_dir: Path) -> BootImage:
     """The PVH image for `vmlinuz` (unpacked into `cache_dir` the first time), else the
     bzImage itself with the reason."""
     try:
-        digest = hashlib.sha256(vmlinuz.read_bytes()).hexdigest()
+        data = vmlinuz.read_bytes()
     except OSError as e:
         return BootImage(vmlinuz, "bzimage", f"cannot read {vmlinuz}: {e.strerror}")
-    cached = cache_dir / "pvh" / digest / "vmlinux"
+    cached = cache_dir / "pvh" / hashlib.sha256(data).hexdigest() / "vmlinux"
     if cached.is_file():
         return BootImage(cached, "pvh")
     try:
-        elf = unpack(vmlinuz)
+        elf = unpack(data)
     except ValueError as e:
         return BootImage(vmlinuz, "bzimage", str(e))
-    cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_name(f".vmlinux.{os.getpid()}.{os.urandom(4).hex()}")
     try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(elf)
         os.replace(tmp, cached)
     except OSError as e:
@@ -73,9 +74,8 @@ def boot_image(vmlinuz: Path, cache_dir: Path) -> BootImage:
     return BootImage(cached, "pvh")
 
 
-def unpack(vmlinuz: Path) -> bytes:
+def unpack(data: bytes) -> bytes:
     """The bzImage's kernel ELF, checked; ValueError says why there is none."""
-    data = vmlinuz.read_bytes()
     codec, payload, size = payload_of(data)
     elf = decompress(codec, payload, size)
     if len(elf) != size:
@@ -122,7 +122,7 @@ def decompress(codec: str, raw: bytes, size: int) -> bytes:
 def unzstd(raw: bytes, size: int) -> bytes:
     """zstd has no decoder in Python's standard library before 3.14: Debian's `zstd`,
     fed from an unlinked temporary file and read no further than size + 1 bytes."""
-    tool = shutil.which("zstd")
+    tool = procs.find_executable("zstd")
     if tool is None:
         raise ValueError("zstd payload and no zstd command (Debian package zstd)")
     with tempfile.TemporaryFile() as src:
